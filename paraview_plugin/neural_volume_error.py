@@ -1,0 +1,143 @@
+"""``NeuralVolumeError``: where and by how much a reconstruction differs from the reference data.
+
+The seed paper (APMGSRN) shows reconstructions next to renderings of their error; this filter produces that
+error volume. Input 0 is the reference image; the reconstruction is either a second image on input 1 (for
+example a ``NeuralVolumeSource`` sampled on the same grid) or, when input 1 is not connected, the model in
+``ModelFileName`` evaluated at the reference's points. The output has the reference's geometry with
+
+* ``AbsoluteError`` = ``|reconstruction - reference|`` (active scalars) and
+* ``SignedError`` = ``reconstruction - reference``
+
+at the reference array's association (point or cell), and field data ``PSNR`` (dB), ``MaxError``, ``MSE``,
+``SSIM`` and ``DataRange`` computed by :mod:`srn_core.metrics` (the same numbers ``srn eval`` prints). Without
+scikit-image (as in a bare ParaView Python) ``SSIM`` is NaN and a warning says why.
+
+In parallel each rank compares its own piece, so the metrics are per piece; run it serially for whole-volume
+numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from vtkmodules.vtkCommonDataModel import vtkImageData
+from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm
+
+from srn_core import metrics
+from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
+
+from . import model_cache
+from ._algorithm import NeuralAlgorithmBase
+from .train_neural_volume import add_field_values, attach_array, selected_array
+from .vtk_image import array_names, volume_from_image
+
+
+@dataclass(frozen=True)
+class ErrorSettings:
+    model_file_name: str = ""
+    """Model evaluated at the reference's points when input 1 is not connected."""
+    device: str = "auto"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+
+class NeuralVolumeError(NeuralAlgorithmBase):
+    """Error volume and error metrics of a reconstruction against a reference (see the module docstring).
+
+    Arrays: ``SetInputArrayToProcess(0, 0, ...)`` picks the reference array (default: active scalars),
+    ``SetInputArrayToProcess(1, 1, ...)`` the reconstruction's array on input 1 (default: the array with the
+    reference's name, else the active scalars).
+    """
+
+    def __init__(self):
+        NeuralAlgorithmBase.__init__(self, ErrorSettings(), nInputPorts=2, inputType="vtkImageData",
+                                     nOutputPorts=1, outputType="vtkImageData")
+        self.metrics: dict[str, float] = {}
+        """The metrics of the last execution."""
+
+    def FillInputPortInformation(self, port, info):
+        info.Set(vtkAlgorithm.INPUT_REQUIRED_DATA_TYPE(), "vtkImageData")
+        if port == 1:
+            info.Set(vtkAlgorithm.INPUT_IS_OPTIONAL(), 1)
+        return 1
+
+    # ---- settings ------------------------------------------------------------------------------
+    def SetModelFileName(self, path):
+        self._set(model_file_name=str(path or ""))
+
+    def GetModelFileName(self):
+        return self._config.model_file_name
+
+    def SetDevice(self, device):
+        self._set(device=str(device or "auto"))
+
+    def SetChunkSize(self, chunk_size):
+        self._set(chunk_size=int(chunk_size))
+
+    # ---- pipeline ------------------------------------------------------------------------------
+    def RequestData(self, request, inInfo, outInfo):
+        output = vtkImageData.GetData(outInfo)
+        output.Initialize()
+        self.metrics = {}
+        try:
+            check_chunk_size(self._config.chunk_size)
+            image = vtkImageData.GetData(inInfo[0])
+            if image is None or image.GetNumberOfPoints() == 0:
+                raise ValueError("the reference (input 0) is empty.")
+            name, association = selected_array(self, 0)
+            reference = volume_from_image(image, name, mask_nonfinite=True, association=association)
+            used = association or ("point" if reference.name in array_names(image)["point"] else "cell")
+            recon = self._reconstruction(inInfo, reference, used)
+            ref = reference.values
+            signed = recon.astype(np.float32) - ref
+            mask = reference.finite_mask
+            values = {
+                "PSNR": metrics.psnr(ref, recon, mask=mask),
+                "MaxError": metrics.max_abs_error(ref, recon, mask=mask),
+                "MSE": metrics.mse(ref, recon, mask=mask),
+                "SSIM": self._ssim(ref, recon, mask),
+                "DataRange": metrics.data_range(ref, mask=mask),
+            }
+            output.CopyStructure(image)
+            attach_array(output, signed, "SignedError", used, active=False)
+            attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
+            add_field_values(output, values)
+            self.metrics = values
+        except Exception as exc:
+            self.error(exc)
+            output.Initialize()
+            return 1
+        self.last_error = None
+        return 1
+
+    def _reconstruction(self, inInfo, reference, association: str) -> np.ndarray:
+        """The reconstruction's values on the reference's grid, shaped like ``reference.values``."""
+        other = vtkImageData.GetData(inInfo[1]) if inInfo[1].GetNumberOfInformationObjects() > 0 else None
+        if other is not None:
+            name, assoc = selected_array(self, 1)
+            if name is None:
+                names = array_names(other)
+                if reference.name in names[association]:
+                    name, assoc = reference.name, association
+            volume = volume_from_image(other, name, mask_nonfinite=True, association=assoc)
+            g, h = reference.geometry, volume.geometry
+            if g.dims != h.dims or not (np.allclose(g.origin, h.origin, rtol=1e-6, atol=1e-9)
+                                        and np.allclose(g.spacing, h.spacing, rtol=1e-6, atol=1e-12)):
+                raise ValueError(f"input 1 ({h.dims[0]}x{h.dims[1]}x{h.dims[2]} points, origin {h.origin}, spacing "
+                                 f"{h.spacing}) is not on the reference's grid ({g.dims[0]}x{g.dims[1]}x{g.dims[2]}, "
+                                 f"origin {g.origin}, spacing {g.spacing}); resample it first.")
+            return volume.values
+        if not self._config.model_file_name:
+            raise ValueError("nothing to compare with: connect a reconstruction to input 1 or set ModelFileName.")
+        model, _ = model_cache.load_cached(self._config.model_file_name, self._config.device)
+        return model.resample(reference.geometry, chunk_size=self._config.chunk_size)
+
+    def _ssim(self, ref, recon, mask) -> float:
+        try:
+            return metrics.ssim(ref, recon, mask=mask)
+        except ImportError as exc:
+            self.warning(f"SSIM is NaN: {exc}.")
+        except ValueError as exc:  # too thin for a window
+            self.warning(f"SSIM is NaN: {exc}")
+        return math.nan

@@ -1,0 +1,225 @@
+"""``NeuralVolumeSource``: a trained neural volume as a ``vtkImageData`` source at any resolution and region.
+
+Usable from any VTK script (the PyPI ``vtk`` wheel or ParaView's bundled VTK) and, through
+``xml/NeuralVolumeSource.xml``, as ParaView's "Neural Volume Source"::
+
+    from paraview_plugin.neural_volume_source import NeuralVolumeSource
+    source = NeuralVolumeSource()
+    source.SetFileName("brain.nvol")
+    source.SetSamplingDimensions(128, 128, 128)
+    source.Update()                    # or UpdatePiece(piece, pieces, 0): only that piece is evaluated
+
+``RequestInformation`` publishes the whole extent, origin and spacing and that any sub-extent can be produced;
+``RequestData`` evaluates the model only at the points of the requested ``UPDATE_EXTENT`` (through the core's
+chunked :meth:`NeuralVolume.resample`), so streaming, pieces and MPI ranks each pay only for their part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vtkmodules.vtkCommonCore import VTK_FLOAT
+from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkDataSetAttributes, vtkImageData
+from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
+
+from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
+from srn_core.geometry import ImageGeometry, check_bounds, check_dims
+
+from . import model_cache
+from ._algorithm import NeuralAlgorithmBase
+from .vtk_image import image_from_array
+
+EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    file_name: str = ""
+    """Our model file (``.safetensors``), or an APMGSRN checkpoint folder (or a file inside it)."""
+    sampling_dimensions: tuple[int, int, int] = (64, 64, 64)
+    """Points per axis of the output image."""
+    use_model_bounds: bool = True
+    """Sample the box the model was trained on (the training data's bounds) instead of ``sampling_bounds``."""
+    sampling_bounds: tuple[float, ...] = (0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
+    """World box ``(xmin, xmax, ymin, ymax, zmin, zmax)`` whose corners are the image's corner points."""
+    device: str = "auto"
+    """Torch device of the model: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Points evaluated per batch: bounds memory whatever the image size."""
+
+
+def _values(args, n: int, what: str) -> tuple:
+    """Setter arguments given either as ``n`` numbers or as one sequence of ``n``."""
+    if len(args) == 1 and hasattr(args[0], "__len__") and not isinstance(args[0], str):
+        args = tuple(args[0])
+    if len(args) != n:
+        raise TypeError(f"{what} takes {n} values, got {len(args)}: {args!r}.")
+    return tuple(args)
+
+
+class NeuralVolumeSource(NeuralAlgorithmBase):
+    """A ``vtkImageData`` source that samples a neural volume (a model file) on a regular grid.
+
+    Output: one float32 point array named after the model's array (``NeuralVolume.array_name``), in data
+    units, plus field data ``CompressionRatio`` and ``TrainingPSNR`` (from the model's provenance, when known).
+    Settings changes re-execute; an unchanged pipeline re-uses the loaded model (cached by path, file state
+    and device) and the last evaluated extent.
+    """
+
+    def __init__(self):
+        NeuralAlgorithmBase.__init__(self, SourceConfig(), nInputPorts=0, nOutputPorts=1, outputType="vtkImageData")
+        self._plan = None  # (model, model key, geometry) from the last RequestInformation, None after an error
+        self._last = None  # (request key, vtk array) of the last evaluation
+        self.evaluations = 0
+        """How many times the model was evaluated (tests use it to check that nothing runs twice)."""
+        self.evaluated_points = 0
+
+    # ---- settings (ParaView properties call these) ---------------------------------------------
+    def SetFileName(self, file_name):
+        self._set(file_name=str(file_name or ""))
+
+    def GetFileName(self):
+        return self._config.file_name
+
+    def SetSamplingDimensions(self, *dims):
+        self._set(sampling_dimensions=tuple(int(d) for d in _values(dims, 3, "SamplingDimensions")))
+
+    def GetSamplingDimensions(self):
+        return self._config.sampling_dimensions
+
+    def SetUseModelBounds(self, flag):
+        self._set(use_model_bounds=bool(flag))
+
+    def GetUseModelBounds(self):
+        return int(self._config.use_model_bounds)
+
+    def SetSamplingBounds(self, *bounds):
+        self._set(sampling_bounds=tuple(float(b) for b in _values(bounds, 6, "SamplingBounds")))
+
+    def GetSamplingBounds(self):
+        return self._config.sampling_bounds
+
+    def SetSamplingOrigin(self, *origin):
+        """Move the sampling box to start at ``origin`` keeping its size (ParaView's box widget position)."""
+        o = tuple(float(v) for v in _values(origin, 3, "SamplingOrigin"))
+        b = self._config.sampling_bounds
+        self._set(sampling_bounds=tuple(v for a in range(3) for v in (o[a], o[a] + b[2 * a + 1] - b[2 * a])))
+
+    def GetSamplingOrigin(self):
+        b = self._config.sampling_bounds
+        return (b[0], b[2], b[4])
+
+    def SetSamplingSize(self, *size):
+        """Resize the sampling box from its origin (ParaView's box widget scale)."""
+        s = tuple(float(v) for v in _values(size, 3, "SamplingSize"))
+        b = self._config.sampling_bounds
+        self._set(sampling_bounds=tuple(v for a in range(3) for v in (b[2 * a], b[2 * a] + s[a])))
+
+    def GetSamplingSize(self):
+        b = self._config.sampling_bounds
+        return (b[1] - b[0], b[3] - b[2], b[5] - b[4])
+
+    def SetDevice(self, device):
+        self._set(device=str(device or "auto"))
+
+    def GetDevice(self):
+        return self._config.device
+
+    def SetChunkSize(self, chunk_size):
+        self._set(chunk_size=int(chunk_size))
+
+    def GetChunkSize(self):
+        return self._config.chunk_size
+
+    def GetModelBounds(self):
+        """The bounds the model was trained on (loads the model; ``(0, -1, ...)`` when it cannot)."""
+        try:
+            model, _ = model_cache.load_cached(self._config.file_name, self._config.device)
+            return tuple(model.bounds)
+        except Exception:
+            return (0.0, -1.0, 0.0, -1.0, 0.0, -1.0)
+
+    # ---- pipeline ------------------------------------------------------------------------------
+    def output_geometry(self, model) -> ImageGeometry:
+        """The output image's geometry for the current settings (validated)."""
+        c = self._config
+        dims = check_dims(c.sampling_dimensions)
+        if c.use_model_bounds:
+            bounds = model.bounds
+        else:
+            try:
+                bounds = check_bounds(c.sampling_bounds)
+            except ValueError as exc:
+                raise ValueError(f"SamplingBounds {tuple(c.sampling_bounds)} are invalid: {exc}") from None
+        return ImageGeometry.from_bounds(bounds, dims)
+
+    def RequestInformation(self, request, inInfo, outInfo):
+        info = outInfo.GetInformationObject(0)
+        self._plan = None
+        try:
+            c = self._config
+            try:
+                check_dims(c.sampling_dimensions)
+            except ValueError:
+                raise ValueError(f"SamplingDimensions must be three integers >= 1, got "
+                                 f"{tuple(c.sampling_dimensions)}.") from None
+            check_chunk_size(c.chunk_size)
+            model, key = model_cache.load_cached(c.file_name, c.device)
+            geometry = self.output_geometry(model)
+        except Exception as exc:  # one clear message, an empty output, no crash
+            self.error(exc)
+            info.Set(SDDP.WHOLE_EXTENT(), EMPTY_EXTENT, 6)
+            return 1
+        self._plan = (model, key, geometry)
+        info.Set(SDDP.WHOLE_EXTENT(), geometry.whole_extent, 6)
+        info.Set(vtkDataObject.ORIGIN(), geometry.origin, 3)
+        info.Set(vtkDataObject.SPACING(), geometry.spacing, 3)
+        info.Set(vtkAlgorithm.CAN_PRODUCE_SUB_EXTENT(), 1)
+        vtkDataObject.SetActiveAttributeInfo(info, vtkDataObject.FIELD_ASSOCIATION_POINTS,
+                                             vtkDataSetAttributes.SCALARS, model.array_name, VTK_FLOAT, 1, -1)
+        return 1
+
+    def RequestData(self, request, inInfo, outInfo):
+        output = vtkImageData.GetData(outInfo)
+        if self._plan is None:  # RequestInformation already reported the problem
+            output.Initialize()
+            return 1
+        model, key, geometry = self._plan
+        extent = tuple(outInfo.GetInformationObject(0).Get(SDDP.UPDATE_EXTENT()))
+        if any(extent[2 * a] > extent[2 * a + 1] for a in range(3)):
+            output.Initialize()
+            return 1
+        try:
+            request_key = (key, geometry, extent)
+            if self._last is not None and self._last[0] == request_key:
+                array = self._last[1]
+                output.SetExtent(extent)
+                output.SetOrigin(geometry.origin)
+                output.SetSpacing(geometry.spacing)
+                output.GetPointData().SetScalars(array)
+            else:
+                values = model.resample(geometry, extent=extent, chunk_size=self._config.chunk_size)
+                image_from_array(values, geometry, model.array_name, extent=extent, image=output)
+                self.evaluations += 1
+                self.evaluated_points += values.size
+                self._last = (request_key, output.GetPointData().GetScalars())
+            self._add_field_data(output, model)
+        except Exception as exc:
+            self.error(exc)
+            output.Initialize()
+            return 1
+        self.last_error = None
+        return 1
+
+    @staticmethod
+    def _add_field_data(output, model) -> None:
+        from vtkmodules.vtkCommonCore import vtkDoubleArray
+
+        values = {"CompressionRatio": model.compression_ratio}
+        if "psnr" in model.training:
+            values["TrainingPSNR"] = float(model.training["psnr"])
+        for name, value in values.items():
+            arr = vtkDoubleArray()
+            arr.SetName(name)
+            arr.InsertNextValue(float(value))
+            output.GetFieldData().AddArray(arr)

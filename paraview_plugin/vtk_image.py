@@ -1,0 +1,128 @@
+"""Conversions between ``vtkImageData`` and the core's :class:`~srn_core.data.Volume`, and VTI files.
+
+Works with any VTK >= 9.2 (Debian's ParaView 5.11 and the PyPI wheel). Index order is VTK's (x fastest),
+so a point array reshapes directly to ``(nz, ny, nx)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonDataModel import vtkImageData
+
+from srn_core.data import Volume
+from srn_core.geometry import ImageGeometry
+from srn_core.modelfile import atomic_write
+
+
+def image_geometry(image: vtkImageData) -> ImageGeometry:
+    """The geometry of ``image``'s points (its extent's own origin: the extent's first point)."""
+    e = image.GetExtent()
+    spacing = image.GetSpacing()
+    origin = tuple(image.GetOrigin()[a] + e[2 * a] * spacing[a] for a in range(3))
+    return ImageGeometry((e[1] - e[0] + 1, e[3] - e[2] + 1, e[5] - e[4] + 1), origin, spacing)
+
+
+def array_names(image: vtkImageData) -> dict[str, list[str]]:
+    """Names of the single-component arrays of ``image``, by association (``"point"``, ``"cell"``)."""
+    out = {}
+    for assoc, data in (("point", image.GetPointData()), ("cell", image.GetCellData())):
+        out[assoc] = [data.GetArrayName(i) for i in range(data.GetNumberOfArrays())
+                      if data.GetArray(i) is not None and data.GetArray(i).GetNumberOfComponents() == 1]
+    return out
+
+
+def volume_from_image(image: vtkImageData, array: str | None = None, mask_nonfinite: bool = False,
+                      association: str | None = None) -> Volume:
+    """A :class:`Volume` from a point or cell array of ``image``.
+
+    ``array`` defaults to the active point scalars, else the only single-component array. Cell data become a
+    volume on the cell centres (dims one less per axis, origin shifted by half a spacing). ``association``
+    (``"point"`` or ``"cell"``) picks where to look when a point and a cell array share the name.
+    """
+    names = array_names(image)
+    if association is not None:
+        if association not in ("point", "cell"):
+            raise ValueError(f"association must be 'point' or 'cell', got {association!r}.")
+        other = "cell" if association == "point" else "point"
+        names = {association: names[association], other: [] if array is not None else names[other]}
+    if array is None:
+        scalars = image.GetPointData().GetScalars()
+        if scalars is not None and scalars.GetNumberOfComponents() == 1 and scalars.GetName():
+            array = scalars.GetName()
+        else:
+            every = names["point"] + names["cell"]
+            if len(every) != 1:
+                raise ValueError(f"choose an array: the image has point arrays {names['point']} and cell arrays "
+                                 f"{names['cell']}.")
+            array = every[0]
+    geometry = image_geometry(image)
+    if array in names["point"]:
+        values = numpy_support.vtk_to_numpy(image.GetPointData().GetArray(array))
+    elif array in names["cell"]:
+        values = numpy_support.vtk_to_numpy(image.GetCellData().GetArray(array))
+        dims = tuple(max(1, d - 1) for d in geometry.dims)
+        origin = tuple(geometry.origin[a] + (0.5 * geometry.spacing[a] if geometry.dims[a] > 1 else 0.0)
+                       for a in range(3))
+        geometry = ImageGeometry(dims, origin, geometry.spacing)
+    else:
+        raise ValueError(f"array {array!r} is not a single-component point or cell array of the image; it has "
+                         f"point arrays {names['point']} and cell arrays {names['cell']}.")
+    return Volume(values.reshape(geometry.shape), geometry, array, mask_nonfinite=mask_nonfinite)
+
+
+def image_from_array(values: np.ndarray, geometry: ImageGeometry, name: str,
+                     extent=None, image: vtkImageData | None = None) -> vtkImageData:
+    """A ``vtkImageData`` (or fill ``image``) with ``values`` ``(nz, ny, nx)`` as its point scalars.
+
+    ``extent`` places the values in a larger whole image (a piece); the origin stays the whole image's.
+    """
+    image = image if image is not None else vtkImageData()
+    e = tuple(extent) if extent is not None else geometry.whole_extent
+    image.SetExtent(*e)
+    image.SetOrigin(*geometry.origin)
+    image.SetSpacing(*geometry.spacing)
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    arr = numpy_support.numpy_to_vtk(flat, deep=1)
+    arr.SetName(name)
+    image.GetPointData().SetScalars(arr)
+    return image
+
+
+def read_vti(path: str | os.PathLike, array: str | None = None, mask_nonfinite: bool = False) -> Volume:
+    """A volume from any VTK XML image file (``.vti``; inline, appended, compressed; point or cell data)."""
+    from vtkmodules.vtkIOXML import vtkXMLImageDataReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
+    reader = vtkXMLImageDataReader()
+    reader.SetFileName(str(path))
+    if not reader.CanReadFile(str(path)):
+        raise ValueError(f"input file {str(path)!r} is not a VTK XML image (.vti) file.")
+    reader.Update()
+    image = reader.GetOutput()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise ValueError(f"input file {str(path)!r} holds no image points (truncated or corrupt?).")
+    return volume_from_image(image, array, mask_nonfinite)
+
+
+def write_vti(path: str | os.PathLike, image: vtkImageData, compress: bool = True) -> None:
+    """Write ``image`` as a ``.vti`` file atomically (appended raw binary, zlib compressed by default)."""
+    from vtkmodules.vtkIOXML import vtkXMLImageDataWriter
+
+    def write(tmp):
+        writer = vtkXMLImageDataWriter()
+        writer.SetFileName(tmp)
+        writer.SetInputData(image)
+        writer.SetDataModeToAppended()
+        writer.EncodeAppendedDataOff()
+        if not compress:
+            writer.SetCompressorTypeToNone()
+        if writer.Write() != 1:
+            raise OSError(f"VTK could not write {str(path)!r}.")
+
+    atomic_write(path, write)

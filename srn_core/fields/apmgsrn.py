@@ -1,0 +1,133 @@
+"""APMGSRN: the adaptive multi-grid scene representation network (Wurster et al., VIS 2023).
+
+M small feature grids ``[M, C, D, H, W]`` are placed in the volume by learnable 4x4 transforms; a point is
+mapped into every grid's local ``[-1, 1]^3`` frame, features are read trilinearly (zero outside a grid),
+concatenated grid-major (column ``g * C + c``) and decoded by a bias-free ReLU MLP. The transforms are moved
+only by the feature-density loss, which pulls grid density toward regions of high reconstruction error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Field
+from .mlp import MLP
+
+
+@dataclass
+class APMGSRNConfig:
+    n_grids: int = 16
+    """Number of feature grids M."""
+    n_features: int = 2
+    """Features per grid C."""
+    grid_shape: tuple[int, int, int] = (32, 32, 32)
+    """Feature grid resolution ``(D, H, W)``: D along z, H along y, W along x (``grid_sample`` order)."""
+    width: int = 64
+    """Neurons per hidden decoder layer."""
+    n_hidden_layers: int = 2
+    """Hidden decoder layers (tiny-cuda-nn's ``n_hidden_layers``)."""
+    input_padding: int = 0
+    """Extra decoder inputs fixed to 1.0 (tiny-cuda-nn pads its input to a multiple of 16 this way); 0 for our models."""
+    density_exponent: int = 20
+    """Exponent 2p of the flat-top Gaussian feature density ``exp(-0.5 * sum(local**2p))`` (p = 10 in the paper)."""
+    grid_initialization: str = "default"
+    """Transform initialisation: "default" (identity + N(0, 0.05) noise)."""
+    transform_lr_scale: float = 0.025
+    """Learning rate of the transforms relative to the grids and decoder. The paper's code sets 0.05 and then
+    halves it within 5 steps (a LinearLR quirk), so 0.025 is the rate it actually trains with."""
+
+    def __post_init__(self):
+        self.grid_shape = tuple(int(v) for v in self.grid_shape)
+        for name in ("n_grids", "n_features", "width", "n_hidden_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"APMGSRN {name} must be at least 1, got {getattr(self, name)}.")
+        if len(self.grid_shape) != 3 or min(self.grid_shape) < 2:
+            raise ValueError(f"APMGSRN grid_shape must be three sizes of at least 2, got {self.grid_shape}.")
+
+
+class APMGSRN(Field):
+    architecture = "apmgsrn"
+    Config = APMGSRNConfig
+
+    def __init__(self, config: APMGSRNConfig = APMGSRNConfig(), value_range=(0.0, 1.0)):
+        super().__init__(config, value_range)
+        c = config
+        transforms = torch.eye(4).repeat(c.n_grids, 1, 1)
+        transforms[:, :3, :] += torch.randn(c.n_grids, 3, 4) * 0.05
+        self.transforms = nn.Parameter(transforms)
+        self.feature_grids = nn.Parameter(torch.empty(c.n_grids, c.n_features, *c.grid_shape).uniform_(-1e-4, 1e-4))
+        self.decoder = MLP(c.n_grids * c.n_features + c.input_padding, 1, c.width, c.n_hidden_layers, bias=False)
+
+    # ---- encoding ------------------------------------------------------------------------------
+    def local_coordinates(self, points: torch.Tensor) -> torch.Tensor:
+        """Every grid's local coordinates of ``points``: ``(M, N, 3)``; a grid spans local ``[-1, 1]^3``."""
+        linear = self.transforms[:, :3, :3]
+        shift = self.transforms[:, :3, 3]
+        return torch.einsum("gij,nj->gni", linear, points) + shift[:, None, :]
+
+    def encode(self, points: torch.Tensor) -> torch.Tensor:
+        """Grid-major features ``(N, M*C)``."""
+        m, c = self.config.n_grids, self.config.n_features
+        n = points.shape[0]
+        # Detached: the reconstruction loss trains grids and decoder; only the density loss moves the transforms.
+        local = self.local_coordinates(points).detach()
+        feats = F.grid_sample(self.feature_grids, local.reshape(m, 1, 1, n, 3), mode="bilinear",
+                              padding_mode="zeros", align_corners=True)  # (M, C, 1, 1, N)
+        return feats.reshape(m * c, n).t()
+
+    def normalized(self, points: torch.Tensor) -> torch.Tensor:
+        feats = self.encode(points)
+        if self.config.input_padding:
+            feats = torch.cat([feats, feats.new_ones(feats.shape[0], self.config.input_padding)], dim=1)
+        return self.decoder(feats)[:, 0]
+
+    # ---- adaptivity ----------------------------------------------------------------------------
+    def feature_density(self, points: torch.Tensor) -> torch.Tensor:
+        """Flat-top Gaussian feature density ``(N,)``: how many grid features cover each point, per unit volume."""
+        local = self.local_coordinates(points)
+        det = torch.linalg.det(self.transforms[:, :3, :3])  # magnification of grid g
+        inside = torch.exp(-0.5 * (local ** self.config.density_exponent).sum(dim=-1))  # (M, N)
+        return (det[:, None] / (2 * math.pi) ** 1.5 * inside).sum(dim=0)
+
+    def parameter_groups(self, lr: float):
+        return [
+            {"name": "model", "params": [self.feature_grids, *self.decoder.parameters()], "lr": lr},
+            {"name": "transforms", "params": [self.transforms], "lr": lr * self.config.transform_lr_scale},
+        ]
+
+    def auxiliary_loss(self, points: torch.Tensor, per_point_error: torch.Tensor) -> torch.Tensor:
+        """KL divergence from the error-weighted target density to the current feature density (the paper's loss)."""
+        density = self.feature_density(points)
+        density = density / density.sum().detach()
+        err = per_point_error.detach()
+        target = torch.exp(torch.log(density.detach() + 1e-16) * (err.mean() / (err + 1e-16)))
+        target = target / target.sum()
+        return F.kl_div(torch.log(density + 1e-16), torch.log(target + 1e-16), reduction="batchmean", log_target=True)
+
+    # ---- budgets -------------------------------------------------------------------------------
+    @classmethod
+    def config_for_budget(cls, num_params: int, data_shape_zyx) -> APMGSRNConfig:
+        """The paper's family (16 grids, 2-layer decoder) scaled to ``num_params``, grids shaped like the data."""
+        n_grids = 16
+        n_features = 1 if num_params < 300_000 else 2 if num_params < 4_000_000 else 4
+        width = 32 if num_params < 100_000 else 64
+        decoder = MLP.count(n_grids * n_features, 1, width, 2) + n_grids * 16
+        voxels = max(8, (num_params - decoder) // (n_grids * n_features))
+        shape = aspect_shape(voxels, data_shape_zyx)
+        return APMGSRNConfig(n_grids=n_grids, n_features=n_features, grid_shape=shape, width=width)
+
+
+def aspect_shape(voxels: int, data_shape_zyx) -> tuple[int, int, int]:
+    """A grid shape ``(D, H, W)`` with about ``voxels`` cells (never more) and the data's aspect ratio."""
+    dz, dy, dx = (max(1, int(s)) for s in data_shape_zyx)
+    scale = (voxels / (dz * dy * dx)) ** (1 / 3)
+    shape = [max(2, round(s * scale)) for s in (dz, dy, dx)]
+    while shape[0] * shape[1] * shape[2] > voxels and max(shape) > 2:
+        a = max(range(3), key=lambda i: shape[i])
+        shape[a] -= 1
+    return tuple(shape)  # type: ignore[return-value]

@@ -1,0 +1,74 @@
+"""The one interface every scene representation network (a *field*) implements.
+
+A field maps points ``(N, 3)`` float32 in the model cube ``[-1, 1]^3`` to values ``(N,)`` in data units.
+Internally a decoder learns values normalised to ``[0, 1]``; the stored ``value_range`` rescales them, so
+training works on normalised targets and every consumer (resampler, renderer, VTK source) sees data units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Field(nn.Module):
+    """Base class: subclasses set ``architecture`` and ``Config`` and implement :meth:`normalized`."""
+
+    architecture: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config, value_range: tuple[float, float] = (0.0, 1.0)):
+        super().__init__()
+        self.config = config
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if not (hi >= lo):
+            raise ValueError(f"value_range must be (min, max) with min <= max, got {value_range}.")
+        # A persistent buffer: the range travels with the weights in the model file.
+        self.register_buffer("value_range", torch.tensor([lo, hi], dtype=torch.float32))
+
+    # ---- the interface -------------------------------------------------------------------------
+    def normalized(self, points: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``(N,)`` for points ``(N, 3)`` in ``[-1, 1]^3``; learns the data scaled to ``[0, 1]``."""
+        raise NotImplementedError
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Values ``(N,)`` in data units at points ``(N, 3)`` in the model cube ``[-1, 1]^3``."""
+        lo, hi = self.value_range[0], self.value_range[1]
+        return self.normalized(points).float() * (hi - lo) + lo
+
+    def num_parameters(self) -> int:
+        """Trainable values stored in the model (what a parameter budget counts)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- training hooks (defaults suit a plain network; APMGSRN overrides them) ----------------
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; a group with ``"name": "transforms"`` is stepped only on the auxiliary loss."""
+        return [{"name": "model", "params": list(self.parameters()), "lr": lr}]
+
+    def auxiliary_loss(self, points: torch.Tensor, per_point_error: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss for the ``transforms`` group (APMGSRN's feature-density loss); ``None`` if there is none."""
+        return None
+
+    # ---- description ---------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def extra_repr(self) -> str:
+        return f"{self.architecture}: {self.num_parameters():,} parameters, {self.config}"
+
+
+def config_from_dict(config_cls: type, values: dict) -> Any:
+    """Build a config dataclass from a JSON dict, refusing unknown keys (a clear error beats silent defaults)."""
+    names = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} setting(s) {unknown}; known: {sorted(names)}.")
+    kwargs = {}
+    for key, value in values.items():
+        # JSON has no tuples: restore them where the dataclass default is a tuple.
+        default = names[key].default
+        kwargs[key] = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
+    return config_cls(**kwargs)

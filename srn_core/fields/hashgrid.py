@@ -1,0 +1,273 @@
+"""NGP: a multi-resolution hash grid (Mueller et al. 2022) and a bias-free ReLU MLP, in pure PyTorch.
+
+The encoding reproduces tiny-cuda-nn's ``HashGrid`` exactly (math and the one flat parameter vector), so a
+tcnn checkpoint's ``params`` loads unchanged and, where tiny-cuda-nn and CUDA exist, its kernel can run on the
+same parameters (see :mod:`srn_core.accel`). For inputs ``x01`` in ``[0, 1]^3`` and level ``l``:
+
+* ``scale_l = 2^(l * log2(per_level_scale)) * base_resolution - 1`` (float32, as tcnn), ``res_l = ceil(scale_l) + 1``;
+* table size ``T_l = min(next_multiple(res_l^3, 8), 2^log2_hashmap_size)``; the flat parameters hold the levels
+  one after another, each ``[T_l][F]`` with the feature index fastest;
+* ``pos = scale_l * x01 + 0.5``, ``cell = floor(pos)``, ``frac = pos - cell``; for each of the 8 corners ``c``:
+  index ``c_x + c_y res + c_z res^2`` if ``res^3 <= T_l`` (dense), else ``c_x ^ c_y*2654435761 ^ c_z*805459861``
+  (uint32 wrap-around), then ``mod T_l``; trilinear weights; output ``[level0 f0..fF-1, level1 ...]``.
+
+tcnn evaluates ``pos`` with one fused multiply-add; PyTorch rounds twice, which moves a value by ~1 ulp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import accel
+from .base import Field
+from .mlp import MLP
+
+PRIMES = (1, 2654435761, 805459861)
+"""tiny-cuda-nn's "CoherentPrime" hash factors for x, y, z."""
+UINT32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class HashLevel:
+    """One level of the hash grid: where it lives in the flat parameters and how it indexes."""
+
+    scale: float
+    """``scale_l`` (float32 value): a point ``x01`` maps to grid position ``scale_l * x01 + 0.5``."""
+    resolution: int
+    """Vertices per axis ``res_l = ceil(scale_l) + 1``."""
+    size: int
+    """Table entries ``T_l`` (each holds ``F`` features)."""
+    offset: int
+    """First table entry of this level in the flat table (multiply by ``F`` for the flat parameter index)."""
+    hashed: bool
+    """True when the dense grid ``res_l^3`` does not fit the table and corners are hashed."""
+
+
+def hash_grid_levels(n_levels: int, log2_hashmap_size: int, base_resolution: int,
+                     per_level_scale: float) -> list[HashLevel]:
+    """tiny-cuda-nn's level table (scales in float32 exactly as its kernels compute them)."""
+    log2_scale = np.log2(np.float32(per_level_scale))  # float, as tcnn stores it
+    cap = 1 << int(log2_hashmap_size)
+    levels, offset = [], 0
+    for level in range(int(n_levels)):
+        scale = np.exp2(np.float32(level) * log2_scale) * np.float32(base_resolution) - np.float32(1.0)
+        res = int(math.ceil(float(scale))) + 1
+        dense = res ** 3
+        size = min(-(-dense // 8) * 8, cap)
+        levels.append(HashLevel(float(scale), res, size, offset, dense > size))
+        offset += size
+    return levels
+
+
+class HashGridEncoding(nn.Module):
+    """tiny-cuda-nn ``HashGrid`` encoding of 3-D points in ``[0, 1]^3``: ``(N, 3) -> (N, n_levels * F)``.
+
+    Holds ONE flat float32 parameter ``params`` (tcnn's layout), initialised U(-1e-4, 1e-4) like tcnn.
+    """
+
+    def __init__(self, n_levels: int = 16, n_features_per_level: int = 2, log2_hashmap_size: int = 19,
+                 base_resolution: int = 16, per_level_scale: float = 2.0, use_tcnn: bool = True):
+        super().__init__()
+        self.n_levels = int(n_levels)
+        self.n_features_per_level = int(n_features_per_level)
+        self.log2_hashmap_size = int(log2_hashmap_size)
+        self.base_resolution = int(base_resolution)
+        self.per_level_scale = float(per_level_scale)
+        self.use_tcnn = bool(use_tcnn)
+        self.levels = hash_grid_levels(n_levels, log2_hashmap_size, base_resolution, per_level_scale)
+        n_entries = self.levels[-1].offset + self.levels[-1].size
+        self.params = nn.Parameter(torch.empty(n_entries * self.n_features_per_level).uniform_(-1e-4, 1e-4))
+
+        # Per-level constants as tensors so all levels are evaluated in one batched op. Non-persistent: they
+        # follow from the config, so the model file holds only ``params`` (as a tcnn checkpoint does).
+        lv = self.levels
+        self.register_buffer("_scale", torch.tensor([v.scale for v in lv], dtype=torch.float32), persistent=False)
+        # Per level and axis, the factor a corner coordinate is multiplied by: res^d (dense) or the hash prime.
+        mult = [list(PRIMES) if v.hashed else [1, v.resolution, v.resolution ** 2] for v in lv]
+        self.register_buffer("_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)
+        self.register_buffer("_size", torch.tensor([v.size for v in lv], dtype=torch.int64), persistent=False)
+        self.register_buffer("_offset", torch.tensor([v.offset for v in lv], dtype=torch.int64), persistent=False)
+        hashed = [v.hashed for v in lv]
+        # Resolutions grow with the level, so dense levels come first; the split lets each group use one op.
+        self._n_dense = hashed.index(True) if any(hashed) else len(hashed)
+        self._sorted = hashed == sorted(hashed)
+        self.register_buffer("_hashed", torch.tensor(hashed), persistent=False)
+        # Hashed levels' offsets relative to the first hashed level: multiples of T, so they can be or-ed in.
+        first = lv[self._n_dense].offset if self._n_dense < len(lv) else 0
+        self._first_hashed = first
+        self.register_buffer("_hash_offset", torch.tensor([v.offset - first for v in lv[self._n_dense:]],
+                                                          dtype=torch.int32), persistent=False)
+        self._tcnn = None  # a tcnn.Encoding built on first CUDA use; a plain attribute, never a submodule
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.n_levels * self.n_features_per_level
+
+    def encoding_config(self) -> dict:
+        """The tiny-cuda-nn encoding config this module reproduces."""
+        return {"otype": "HashGrid", "n_levels": self.n_levels, "n_features_per_level": self.n_features_per_level,
+                "log2_hashmap_size": self.log2_hashmap_size, "base_resolution": self.base_resolution,
+                "per_level_scale": self.per_level_scale, "interpolation": "Linear"}
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """Features ``(N, n_levels * F)`` of points ``(N, 3)`` in ``[0, 1]^3``, level-major."""
+        if self.use_tcnn and self.params.is_cuda and accel.tcnn_available():
+            if self._tcnn is None:
+                self._tcnn = [accel.tcnn_encoding(3, self.encoding_config())]
+            if self._tcnn[0] is not None:
+                return accel.tcnn_encode(self._tcnn[0], x01, self.params)
+        return self.torch_forward(x01)
+
+    def corner_indices_and_weights(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat table-entry indices and trilinear weights of every level's 8 corners: both ``(N, L, 2, 2, 2)``.
+
+        Corner ``[..., k, j, i]`` is offset ``(i, j, k)`` along ``(x, y, z)`` from the cell's lower corner.
+        """
+        n_levels, nd = self.n_levels, self._n_dense
+        pos = x01.to(torch.float32).unsqueeze(1) * self._scale.view(1, n_levels, 1) + 0.5  # (N, L, 3)
+        cell_f = torch.floor(pos)
+        frac = pos - cell_f
+        cell = cell_f.to(torch.int64)
+        # Per axis, both corner coordinates times the level's factor (res^d or the prime): (N, L, 3, 2), exact in int64.
+        a = torch.stack([cell, cell + 1], dim=-1) * self._mult.view(1, n_levels, 3, 1)
+        if self._sorted:
+            parts = []
+            if nd > 0:  # dense: (c_x + c_y res + c_z res^2) as uint32, mod T_l
+                d = a[:, :nd] & UINT32
+                s = d[:, :, 0, None, None, :] + d[:, :, 1, None, :, None] + d[:, :, 2, :, None, None]
+                parts.append(((s & UINT32) % self._size[:nd].view(1, nd, 1, 1, 1)
+                              + self._offset[:nd].view(1, nd, 1, 1, 1)).to(torch.int32))
+            if nd < n_levels:
+                # Hashed levels share T = 2^log2_hashmap_size, so "xor, then mod T" equals "mask each axis, then
+                # xor", and a level's offset (a multiple of T past the dense levels) can be or-ed into the x term:
+                # all the 8-corner work happens in int32 with no division.
+                h = (a[:, nd:] & (self._size[-1] - 1)).to(torch.int32)
+                hx = h[:, :, 0] | self._hash_offset.view(1, n_levels - nd, 1)
+                hashed = hx[:, :, None, None, :] ^ h[:, :, 1, None, :, None] ^ h[:, :, 2, :, None, None]
+                parts.append(hashed + self._first_hashed if self._first_hashed else hashed)
+            index = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        else:  # a per_level_scale below 1 (shrinking levels): the plain formula per level
+            u = a & UINT32
+            ux, uy, uz = u[:, :, 0, None, None, :], u[:, :, 1, None, :, None], u[:, :, 2, :, None, None]
+            hashed = self._hashed.view(1, n_levels, 1, 1, 1)
+            raw = torch.where(hashed, ux ^ uy ^ uz, (ux + uy + uz) & UINT32)
+            index = (raw % self._size.view(1, n_levels, 1, 1, 1) + self._offset.view(1, n_levels, 1, 1, 1))
+            index = index.to(torch.int32)
+        w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, L, 3, 2)
+        weights = w[:, :, 2, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 0, None, None, :]
+        return index, weights
+
+    def torch_forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """The pure-PyTorch evaluation (any device)."""
+        n, f, n_levels = x01.shape[0], self.n_features_per_level, self.n_levels
+        index, weights = self.corner_indices_and_weights(x01)
+        # index_select's backward is a scatter-add (index_add_), far faster on CPU than embedding's sort-based one.
+        feats = self.params.view(-1, f).index_select(0, index.view(-1)).view(n * n_levels, 8, f)
+        return torch.bmm(weights.view(n * n_levels, 1, 8), feats).view(n, n_levels * f)
+
+
+@dataclass
+class NGPConfig:
+    n_levels: int = 16
+    """Resolution levels L of the hash grid."""
+    n_features_per_level: int = 2
+    """Features F per level (tcnn supports 1, 2, 4, 8)."""
+    log2_hashmap_size: int = 19
+    """log2 of the largest table size T per level."""
+    base_resolution: int = 16
+    """Vertices per axis of the coarsest level (tcnn's ``base_resolution``)."""
+    per_level_scale: float = 1.3819128799
+    """Growth of the resolution from one level to the next; ``(max_res / base_res)^(1 / (L - 1))``."""
+    width: int = 64
+    """Neurons per hidden decoder layer."""
+    n_hidden_layers: int = 2
+    """Hidden decoder layers (tiny-cuda-nn's ``n_hidden_layers``)."""
+
+    def __post_init__(self):
+        for name in ("n_levels", "n_features_per_level", "base_resolution", "width", "n_hidden_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"NGP {name} must be at least 1, got {getattr(self, name)}.")
+        if not 3 <= int(self.log2_hashmap_size) <= 30:
+            raise ValueError(f"NGP log2_hashmap_size must be between 3 and 30, got {self.log2_hashmap_size}.")
+        if not (math.isfinite(float(self.per_level_scale)) and float(self.per_level_scale) > 0):
+            raise ValueError(f"NGP per_level_scale must be a positive number, got {self.per_level_scale}.")
+
+
+class NGP(Field):
+    """Hash-grid encoding of ``(x + 1) / 2`` followed by a bias-free ReLU MLP (APMGSRN's ``NGP_TCNN``)."""
+
+    architecture = "ngp"
+    Config = NGPConfig
+
+    def __init__(self, config: NGPConfig = NGPConfig(), value_range=(0.0, 1.0)):
+        super().__init__(config, value_range)
+        c = config
+        self.encoding = HashGridEncoding(c.n_levels, c.n_features_per_level, c.log2_hashmap_size,
+                                         c.base_resolution, c.per_level_scale)
+        self.decoder = MLP(self.encoding.n_output_dims, 1, c.width, c.n_hidden_layers, bias=False)
+
+    def normalized(self, points: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoding((points + 1.0) * 0.5))[:, 0]
+
+    @staticmethod
+    def count(config: NGPConfig) -> int:
+        """Parameter count of ``config`` without building the model."""
+        levels = hash_grid_levels(config.n_levels, config.log2_hashmap_size, config.base_resolution,
+                                  config.per_level_scale)
+        table = (levels[-1].offset + levels[-1].size) * config.n_features_per_level
+        return table + MLP.count(config.n_levels * config.n_features_per_level, 1, config.width,
+                                 config.n_hidden_layers)
+
+    @classmethod
+    def config_for_budget(cls, num_params: int, data_shape_zyx) -> NGPConfig:
+        """2 features per level, the finest level at the data's largest dimension, levels and table size fitted.
+
+        Searches levels (2..24), ``log2_hashmap_size`` (6..24) and the base resolution for a count near
+        ``num_params`` (never more than 2 % above): the most usual NGP shape (about 16 levels, base 16) within
+        1 % of the budget, else within 2 %, else the closest.
+        When the data is too small to hold the budget densely the finest resolution is allowed to grow.
+        """
+        num_params = int(num_params)
+        if num_params < 1000:
+            raise ValueError(f"parameter budget must be at least 1000, got {num_params}.")
+        max_dim = max(2, max(int(s) for s in data_shape_zyx))
+        width = 32 if num_params < 100_000 else 64
+        f = 2
+        candidates = []  # (relative error, style penalty, config)
+        for max_res in (max_dim, 2 * max_dim, 4 * max_dim, 8 * max_dim):
+            for base in (4, 8, 12, 16, 24, 32):
+                if base > max_res:
+                    continue
+                for n_levels in range(2, 25):
+                    pls = math.exp((math.log(max_res) - math.log(base)) / (n_levels - 1))
+                    # Dense table sizes once per level layout; each hashmap size then just caps them.
+                    dense = [lv.size for lv in hash_grid_levels(n_levels, 62, base, pls)]
+                    mlp = MLP.count(n_levels * f, 1, width, 2)
+                    for log2_size in range(6, 25):
+                        cap = 1 << log2_size
+                        count = sum(min(d, cap) for d in dense) * f + mlp
+                        if count > 1.02 * num_params:
+                            continue
+                        style = (abs(n_levels - 16) + 2 * abs(math.log2(base / 16)) + 8 * math.log2(max_res / max_dim)
+                                 + 0.01 * log2_size)
+                        candidates.append((abs(count - num_params) / num_params, style,
+                                           (n_levels, log2_size, base, pls)))
+        best = None
+        if candidates:
+            # The most usual shape among the configurations within 1 % (else 2 %), else the closest.
+            for tol in (0.01, 0.02):
+                near = [c for c in candidates if c[0] <= tol]
+                if near:
+                    best = min(near, key=lambda c: (c[1], c[0]))[2]
+                    break
+            else:
+                best = min(candidates, key=lambda c: (c[0], c[1]))[2]
+        if best is None:
+            raise ValueError(f"no NGP configuration fits a budget of {num_params} parameters.")
+        n_levels, log2_size, base, pls = best
+        return NGPConfig(n_levels, f, log2_size, base, pls, width, 2)

@@ -1,0 +1,37 @@
+"""The decoder shared by the grid-based fields: a ReLU MLP, bias-free by default like tiny-cuda-nn's FullyFusedMLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """``in -> width`` (ReLU), ``n_hidden_layers - 1`` x ``width -> width`` (ReLU), ``width -> out`` (no activation).
+
+    ``n_hidden_layers`` counts the hidden layers as tiny-cuda-nn does, so there are ``n_hidden_layers + 1``
+    weight matrices. Weights are Xavier-normal initialised (the APMGSRN choice); biases, when enabled, start at 0.
+    """
+
+    def __init__(self, n_in: int, n_out: int = 1, width: int = 64, n_hidden_layers: int = 2, bias: bool = False):
+        layers: list[nn.Module] = []
+        widths = [n_in] + [width] * n_hidden_layers
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], n_out, bias=bias))
+        super().__init__(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self if isinstance(m, nn.Linear)]
+
+    @staticmethod
+    def count(n_in: int, n_out: int = 1, width: int = 64, n_hidden_layers: int = 2, bias: bool = False) -> int:
+        """Parameter count of such an MLP without building it (used to fit a budget)."""
+        widths = [n_in] + [width] * n_hidden_layers + [n_out]
+        return sum(a * b + (b if bias else 0) for a, b in zip(widths[:-1], widths[1:]))

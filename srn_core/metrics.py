@@ -1,0 +1,134 @@
+"""Error metrics between a reference volume and a reconstruction: one definition for every layer.
+
+The CLI (``srn eval``), the trainer's reports and the VTK/ParaView error filter all call these, so a PSNR
+printed anywhere in the project means the same number:
+
+* ``psnr = 20 log10(range) - 10 log10(MSE)`` where ``range`` is the reference's ``max - min`` (unless given);
+* ``max_abs_error = max |reconstruction - reference|``;
+* ``ssim``: scikit-image's ``structural_similarity`` on the 3-D volume with the same ``range`` (imported only
+  when called, so the core keeps needing nothing beyond torch and numpy).
+
+Inputs are array-likes (NumPy arrays or torch tensors) of the same shape. Points where the reference is not
+finite (masked NaN of a :class:`~srn_core.data.Volume` built with ``mask_nonfinite``) and points outside an
+optional boolean ``mask`` are excluded from every metric.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _as_numpy(values) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().to("cpu").numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _prepare(reference, reconstruction, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference and reconstruction as float64 arrays and the boolean mask of the points that count."""
+    ref = _as_numpy(reference)
+    rec = _as_numpy(reconstruction)
+    if ref.shape != rec.shape:
+        raise ValueError(f"reference shape {ref.shape} and reconstruction shape {rec.shape} differ.")
+    keep = np.isfinite(ref)
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != ref.shape:
+            raise ValueError(f"mask shape {m.shape} does not match the volumes' shape {ref.shape}.")
+        keep &= m
+    if not keep.any():
+        raise ValueError("no point is both finite in the reference and inside the mask; nothing to compare.")
+    return ref, rec, keep
+
+
+def data_range(reference, mask=None) -> float:
+    """``max - min`` of the finite (and masked-in) reference values: the peak signal of :func:`psnr`."""
+    ref = _as_numpy(reference)
+    keep = np.isfinite(ref) if mask is None else np.isfinite(ref) & np.asarray(mask, dtype=bool)
+    if not keep.any():
+        raise ValueError("the reference holds no finite value.")
+    vals = ref[keep]
+    return float(vals.max() - vals.min())
+
+
+def mse(reference, reconstruction, mask=None) -> float:
+    """Mean squared error over the points that count (a non-finite reconstruction value gives ``inf``)."""
+    ref, rec, keep = _prepare(reference, reconstruction, mask)
+    diff = rec[keep] - ref[keep]
+    if not np.isfinite(diff).all():
+        return math.inf
+    return float(np.mean(diff * diff))
+
+
+def psnr(reference, reconstruction, data_range: float | None = None, mask=None) -> float:
+    """Peak signal-to-noise ratio in dB: ``20 log10(range) - 10 log10(MSE)``.
+
+    ``data_range`` defaults to the reference's ``max - min``. Identical volumes give ``inf``; a constant
+    reference (range 0) with any error gives ``-inf``.
+    """
+    rng = _range(reference, data_range, mask)
+    err = mse(reference, reconstruction, mask)
+    if err == 0.0:
+        return math.inf
+    if rng == 0.0 or not math.isfinite(err):
+        return -math.inf
+    return 20.0 * math.log10(rng) - 10.0 * math.log10(err)
+
+
+def max_abs_error(reference, reconstruction, mask=None) -> float:
+    """Largest ``|reconstruction - reference|`` over the points that count."""
+    ref, rec, keep = _prepare(reference, reconstruction, mask)
+    diff = np.abs(rec[keep] - ref[keep])
+    return float(diff.max()) if np.isfinite(diff).all() else math.inf
+
+
+def ssim(reference, reconstruction, data_range: float | None = None, mask=None) -> float:
+    """Mean structural similarity of two volumes (or images) with scikit-image, over the points that count.
+
+    The window is scikit-image's default 7 points per axis, shrunk (to an odd size of at least 3) for volumes
+    thinner than that. Excluded points are set to the reference's mean in both volumes so they add no
+    structure, and the SSIM map is averaged over the included points only (and, as scikit-image does, away
+    from the border half-window), so without a mask the result equals ``structural_similarity``'s.
+
+    Raises
+    ------
+    ImportError
+        When scikit-image is not installed (``pip install scikit-image``).
+    ValueError
+        When an axis has fewer than 3 points.
+    """
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError:
+        raise ImportError("SSIM needs scikit-image, which is not installed here: pip install scikit-image") from None
+    ref, rec, keep = _prepare(reference, reconstruction, mask)
+    rng = _range(reference, data_range, mask)
+    smallest = min(ref.shape)
+    if smallest < 3:
+        raise ValueError(f"SSIM needs at least 3 points along every axis, got a volume of shape {ref.shape}.")
+    win = min(7, smallest if smallest % 2 == 1 else smallest - 1)
+    fill = float(ref[keep].mean())
+    ref = np.where(keep, ref, fill)
+    rec = np.where(keep & np.isfinite(rec), rec, fill)
+    _, ssim_map = structural_similarity(ref, rec, data_range=rng if rng > 0 else 1.0, win_size=win, full=True)
+    # Like scikit-image's own mean, skip the border half-window, where the map is computed on padding.
+    pad = (win - 1) // 2
+    inner = tuple(slice(pad, n - pad) for n in ref.shape)
+    counted = keep[inner]
+    if not counted.any():
+        counted = np.ones_like(counted)
+    return float(ssim_map[inner][counted].mean())
+
+
+def _range(reference, given: float | None, mask) -> float:
+    if given is None:
+        return data_range(reference, mask)
+    rng = float(given)
+    if not math.isfinite(rng) or rng < 0:
+        raise ValueError(f"data_range must be a finite number >= 0, got {given!r}.")
+    return rng
+
+
+__all__ = ["data_range", "mse", "psnr", "max_abs_error", "ssim"]

@@ -1,0 +1,428 @@
+"""Ray marching a field: box clipping, sampling, front-to-back compositing, macro-cell skipping, wavefront batching.
+
+Conventions are VTK's, so images compare with ``vtkGPUVolumeRayCastMapper`` / ``vtkFixedPointVolumeRayCastMapper``:
+
+* samples lie at ``t_entry + k * dt`` along each ray from where it enters the volume's box (``dt`` in world
+  units = ``step`` voxels of the smallest spacing), up to where it leaves it (or hits opaque geometry);
+* a sample's opacity is corrected for the step, ``1 - (1 - a) ** (dt / unit_distance)``, with VTK's scalar
+  opacity unit distance (default 1 world unit);
+* compositing is front to back with premultiplied colour: ``C += (1 - A) a c``, ``A += (1 - A) a``; a ray
+  stops once ``A`` reaches ``early_termination``.
+
+Work is organised as a *wavefront*: all live rays advance together by ``segment`` samples per iteration, the
+samples of all of them are evaluated in one (chunked) field call, finished rays are compacted away. With
+macro-cells, a ray whose next sample lies in a cell that the transfer function makes fully transparent jumps to
+the first lattice sample past that cell (3-D DDA, one cell per step), and samples in such cells are never
+evaluated; the lattice is the same as without skipping, so the image only changes where a cell's range was
+not conservative. ``adaptive_step`` additionally stretches the step in faint cells (Instant-VNR's rule).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field as dataclass_field
+from typing import Sequence
+
+import torch
+
+from ..evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size, evaluate
+from .camera import Camera, check_size
+from .macrocells import DEFAULT_CELL_SIZE, MacroCells, cell_counts, macrocells_for
+from .transfer_function import TransferFunction, TransferTable
+from .volume import RenderVolume, as_render_volume
+
+
+@dataclass
+class RenderSettings:
+    """How to sample and composite (every length in world units unless it says voxels)."""
+
+    step: float = 1.0
+    """Distance between samples in voxels (of the smallest spacing)."""
+    opacity_unit_distance: float = 1.0
+    """VTK's ``ScalarOpacityUnitDistance``: the distance over which a sample's opacity is the table's."""
+    early_termination: float = 0.99
+    """A ray stops once its accumulated opacity reaches this (1.0 disables early termination)."""
+    macrocells: bool = True
+    """Skip cells the transfer function makes transparent."""
+    cell_size: int = DEFAULT_CELL_SIZE
+    """Voxels per macro-cell edge."""
+    macrocell_margin: float | None = None
+    """Widening of neural cells' value ranges (fraction of the range); ``None``: 0 for raw grids, 1 % otherwise."""
+    adaptive_step: bool = False
+    """Stretch the step up to 16x in cells whose maximum opacity is low (changes the image slightly)."""
+    segment: int = 8
+    """Samples each live ray takes per wavefront iteration."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Points per field call (bounds the field's working memory)."""
+    max_samples: int = 1 << 21
+    """Samples in flight per wavefront (bounds the renderer's memory: rays per batch = max_samples / segment)."""
+    table_size: int = 4096
+    """Entries of the transfer-function lookup table."""
+    shade: bool = False
+    """Phong shading with the gradient (central differences, six extra field evaluations per sample)."""
+    ambient: float = 0.0
+    diffuse: float = 0.7
+    specular: float = 0.2
+    specular_power: float = 10.0
+
+    def __post_init__(self):
+        checks = {"step": self.step > 0, "opacity_unit_distance": self.opacity_unit_distance > 0,
+                  "early_termination": 0 < self.early_termination <= 1, "segment": int(self.segment) >= 1,
+                  "cell_size": int(self.cell_size) >= 1, "max_samples": int(self.max_samples) >= 1,
+                  "table_size": int(self.table_size) >= 2}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"render setting {name} is out of range: {getattr(self, name)!r}.")
+        check_chunk_size(self.chunk_size)
+
+
+@dataclass
+class RenderStats:
+    """What a render cost: counts let benchmarks compare work independently of the machine."""
+
+    rays: int = 0
+    rays_hit: int = 0
+    """Rays that cross the volume's box."""
+    samples: int = 0
+    """Field evaluations (the expensive part; shading adds six per sample on top)."""
+    samples_skipped: int = 0
+    """Lattice samples inside the box that were never evaluated (transparent cells or after termination)."""
+    iterations: int = 0
+    seconds: float = 0.0
+    field_seconds: float = 0.0
+    """Time inside the field callable."""
+    macrocell_seconds: float = 0.0
+    """Time building macro-cells in this call (0 when they were cached)."""
+    extra: dict = dataclass_field(default_factory=dict)
+
+    def add(self, other: "RenderStats") -> None:
+        for name in ("rays", "rays_hit", "samples", "samples_skipped", "iterations", "seconds", "field_seconds",
+                     "macrocell_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class RenderResult:
+    image: torch.Tensor
+    """``(height, width, 4)`` float32, premultiplied RGBA, row 0 at the top."""
+    stats: RenderStats
+
+
+class Renderer:
+    """Renders one volume; keeps its macro-cells and the per-transfer-function tables between frames."""
+
+    def __init__(self, volume, settings: RenderSettings | None = None, macrocells: MacroCells | None = None):
+        self.volume: RenderVolume = as_render_volume(volume)
+        self.settings = settings or RenderSettings()
+        self._cells = macrocells
+        self._table_key = None
+        self._table: TransferTable | None = None
+        self._cell_opacity: torch.Tensor | None = None
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def dt(self) -> float:
+        """Sample spacing in world units."""
+        return self.settings.step * min(self.volume.spacing)
+
+    def macrocells(self) -> tuple[MacroCells, float]:
+        """The macro-cells (built on first use, cached per field) and the seconds spent building them now."""
+        if self._cells is None or self._cells.cell_size != self.settings.cell_size:
+            t = time.perf_counter()
+            self._cells = macrocells_for(self.volume, self.settings.cell_size, self.settings.macrocell_margin,
+                                         self.settings.chunk_size)
+            return self._cells, time.perf_counter() - t
+        return self._cells, 0.0
+
+    def table(self, tf) -> TransferTable:
+        """``tf`` (a TransferFunction or TransferTable) as a table; cached while the same object is passed."""
+        if isinstance(tf, TransferTable):
+            return tf
+        if isinstance(tf, TransferFunction):
+            key = (id(tf), tf.color_points.tobytes(), tf.opacity_points.tobytes(), tf.color_space,
+                   self.settings.table_size)
+            if key != self._table_key:
+                self._table_key, self._table = key, tf.table(self.settings.table_size)
+            return self._table
+        raise ValueError(f"transfer function must be a TransferFunction or TransferTable, got {type(tf).__name__}.")
+
+    # ---- rendering -----------------------------------------------------------------------------
+    def render(self, camera: Camera, tf, width: int, height: int, depth: torch.Tensor | None = None,
+               pixels: torch.Tensor | None = None) -> RenderResult:
+        """An image ``(height, width, 4)`` (premultiplied RGBA, transparent background).
+
+        ``depth`` (``(height, width)`` world distances along each pixel's ray, ``inf`` for none) stops rays at
+        opaque geometry. ``pixels`` (flat indices) renders only those pixels; the others stay transparent.
+        """
+        width, height = check_size(width, height)
+        start = time.perf_counter()
+        if pixels is None:
+            pixels = torch.arange(width * height, dtype=torch.int64)
+        origins, dirs = camera.rays(width, height, pixels)
+        t_max = None
+        if depth is not None:
+            depth = torch.as_tensor(depth, dtype=torch.float32)
+            if tuple(depth.shape) != (height, width):
+                raise ValueError(f"depth must be shaped (height, width) = {(height, width)}, got {tuple(depth.shape)}.")
+            t_max = depth.reshape(-1)[pixels]
+        rgba, stats = self.render_rays(origins, dirs, tf, t_max)
+        image = torch.zeros(height * width, 4)
+        image[pixels] = rgba
+        stats.seconds = time.perf_counter() - start
+        return RenderResult(image.reshape(height, width, 4), stats)
+
+    def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, tf,
+                    t_max: torch.Tensor | None = None) -> tuple[torch.Tensor, RenderStats]:
+        """Premultiplied RGBA ``(N, 4)`` of world rays (unit ``dirs``), each stopped at ``t_max`` if given."""
+        s = self.settings
+        stats = RenderStats(rays=int(origins.shape[0]))
+        table = self.table(tf)
+        out = torch.zeros(origins.shape[0], 4)
+        if origins.shape[0] == 0 or table.is_empty:
+            return out, stats
+        cell_opacity = None
+        if s.macrocells or s.adaptive_step:
+            cells, built = self.macrocells()
+            stats.macrocell_seconds = built
+            cell_opacity = cells.max_opacity(table)
+        march = _March(self.volume, table, s, self.dt, cell_opacity)
+        per_batch = max(1, int(s.max_samples) // int(s.segment))
+        with torch.inference_mode():
+            for start in range(0, origins.shape[0], per_batch):
+                stop = min(start + per_batch, origins.shape[0])
+                tm = None if t_max is None else t_max[start:stop]
+                out[start:stop] = march.run(origins[start:stop], dirs[start:stop], tm, stats)
+        return out, stats
+
+
+def render(volume, camera: Camera, tf, width: int, height: int, settings: RenderSettings | None = None,
+           depth: torch.Tensor | None = None) -> RenderResult:
+    """One-shot convenience: ``Renderer(volume, settings).render(camera, tf, width, height, depth)``."""
+    return Renderer(volume, settings).render(camera, tf, width, height, depth)
+
+
+# =================================================================================================
+# The wavefront march
+# =================================================================================================
+class _March:
+    """One render's constants (model-cube mapping, tables, cells) and the wavefront loop."""
+
+    def __init__(self, volume: RenderVolume, table: TransferTable, settings: RenderSettings, dt: float,
+                 cell_opacity: torch.Tensor | None):
+        self.volume, self.table, self.s, self.dt = volume, table, settings, dt
+        b = torch.tensor(volume.bounds, dtype=torch.float64).reshape(3, 2)
+        self.lo = b[:, 0]
+        self.scale = 2.0 / (b[:, 1] - b[:, 0])  # world -> model cube
+        self.dims = torch.tensor(volume.dims, dtype=torch.float64)
+        self.cell_opacity = cell_opacity
+        if cell_opacity is not None:
+            self.cells_xyz = torch.tensor(cell_counts(volume.dims, settings.cell_size), dtype=torch.int64)
+            # model coordinate -> cell coordinate: (m + 1) / 2 * (dims - 1) / C
+            self.cell_scale = ((self.dims - 1) / (2.0 * settings.cell_size)).float()
+            self.cell_flat = cell_opacity.reshape(-1)
+        # Step-corrected, premultiplied table for the fixed step: one gather gives a sample's contribution.
+        rgba = table.rgba
+        self.log_transparency = torch.log1p(-rgba[:, 3].clamp(max=1 - 1e-7))
+        alpha = -torch.expm1(self.log_transparency * (dt / settings.opacity_unit_distance))
+        self.fixed_table = torch.cat([rgba[:, :3] * alpha[:, None], alpha[:, None]], dim=1)
+
+    # ---- geometry ------------------------------------------------------------------------------
+    def _to_model(self, origins, dirs):
+        mo = ((origins.double() - self.lo) * self.scale - 1.0)
+        md = dirs.double() * self.scale
+        return mo, md
+
+    @staticmethod
+    def _box(mo, md, lo, hi):
+        """Entry and exit parameters of rays ``mo + t md`` through the axis-aligned box [lo, hi] (per ray)."""
+        tiny = 1e-300
+        safe = torch.where(md.abs() < tiny, torch.full_like(md, tiny), md)
+        t1 = (lo - mo) / safe
+        t2 = (hi - mo) / safe
+        t_in = torch.minimum(t1, t2).amax(dim=1)
+        t_out = torch.maximum(t1, t2).amin(dim=1)
+        return t_in, t_out
+
+    def _cell_index(self, pos):
+        """Flat macro-cell index of model points ``(..., 3)`` and the per-axis cell coordinates."""
+        c = ((pos + 1.0) * self.cell_scale).floor().long()
+        c = torch.minimum(c.clamp(min=0), self.cells_xyz - 1)
+        nx, ny = int(self.cells_xyz[0]), int(self.cells_xyz[1])
+        return c[..., 0] + nx * (c[..., 1] + ny * c[..., 2]), c
+
+    def _cell_exit(self, mo, md, c):
+        """Exit parameter of rays from the cells ``c`` (per-axis cell coordinates)."""
+        size = 2.0 * self.s.cell_size / (self.dims - 1)
+        lo = -1.0 + c.double() * size
+        hi = torch.minimum(lo + size, torch.ones_like(lo))
+        return self._box(mo, md, lo, hi)[1]
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self, origins, dirs, t_max, stats: RenderStats) -> torch.Tensor:
+        s, dt = self.s, self.dt
+        n = origins.shape[0]
+        out = torch.zeros(n, 4)
+        mo, md = self._to_model(origins, dirs)
+        t_in, t_out = self._box(mo, md, -1.0, 1.0)
+        t_in = t_in.clamp(min=0.0)  # a camera inside the box starts at the eye
+        if t_max is not None:
+            t_out = torch.minimum(t_out, t_max.double())
+        live = torch.nonzero(t_out >= t_in).reshape(-1)
+        stats.rays_hit += int(live.numel())
+        # Per live ray: model-space ray, lattice base, step, next sample index, end, accumulated colour.
+        ray = live
+        mo, md = mo[live], md[live]
+        base = t_in[live]
+        t_end = t_out[live]
+        step = torch.full_like(base, dt)
+        k = torch.zeros(live.numel(), dtype=torch.float64)
+        acc = torch.zeros(live.numel(), 4)
+        total_lattice = float(((t_end - base) / dt).floor().add(1).sum()) if live.numel() else 0.0
+        evaluated = 0
+        seg = torch.arange(s.segment, dtype=torch.float64)
+        while ray.numel():
+            stats.iterations += 1
+            if self.cell_opacity is not None:
+                k, base, step, keep = self._skip(mo, md, base, step, k, t_end)
+                if not keep.all():
+                    out[ray[~keep]] = acc[~keep]
+                    ray, mo, md, base, step, k, t_end, acc = (x[keep] for x in (ray, mo, md, base, step, k, t_end, acc))
+                    if not ray.numel():
+                        break
+            # The next `segment` lattice samples of every live ray (a (rays, segment) block).
+            t = base[:, None] + (k[:, None] + seg) * step[:, None]
+            valid = t <= t_end[:, None]
+            pos = mo[:, None, :] + t[..., None] * md[:, None, :]
+            cell_limit = None
+            if self.cell_opacity is not None:
+                idx, _ = self._cell_index(pos.float())
+                op = self.cell_flat[idx]
+                valid &= op > 0
+                if s.adaptive_step:
+                    # Stay inside the current cell: the stretched step was chosen for it alone.
+                    cell_limit = self._current_exit
+                    valid &= (t < cell_limit[:, None]) | (seg == 0)
+            contrib, n_eval = self._shade(pos, valid, step)
+            evaluated += n_eval
+            acc = _composite(acc, contrib)
+            if cell_limit is not None:
+                taken = torch.clamp(((cell_limit - base) / step - k).ceil(), min=1, max=s.segment)
+                k = k + taken
+            else:
+                k = k + s.segment
+            done = (base + k * step > t_end) | (acc[:, 3] >= s.early_termination)
+            if done.any():
+                out[ray[done]] = acc[done]
+                keep = ~done
+                ray, mo, md, base, step, k, t_end, acc = (x[keep] for x in (ray, mo, md, base, step, k, t_end, acc))
+        stats.samples += evaluated
+        stats.samples_skipped += max(0, int(total_lattice) - evaluated)
+        return out
+
+    def _skip(self, mo, md, base, step, k, t_end):
+        """Advance every ray whose next sample lies in a transparent cell to the first sample past it.
+
+        Returns the updated lattice and a mask of rays that still have samples ahead.
+        """
+        s = self.s
+        todo = torch.arange(base.numel())
+        for _ in range(4 * int(self.cells_xyz.sum()) + 4):  # a ray crosses at most sum(cells) cells
+            if not todo.numel():
+                break
+            t = base[todo] + k[todo] * step[todo]
+            pos = mo[todo] + t[:, None] * md[todo]
+            idx, c = self._cell_index(pos.float())
+            op = self.cell_flat[idx]
+            inside = t <= t_end[todo]
+            empty = (op <= 0) & inside
+            if s.adaptive_step:
+                stretch = 1.0 + 15.0 * (1.0 - op.double().clamp(0.1, 1.0)) ** 2
+                occupied = ~empty & inside
+                if occupied.any():
+                    o = todo[occupied]
+                    new_step = self.dt * stretch[occupied]
+                    t_now = t[occupied]
+                    base[o], k[o], step[o] = t_now, 0.0, new_step
+                    self._exit_buffer(base.numel())[o] = self._cell_exit(mo[o], md[o], c[occupied])
+            if not empty.any():
+                break
+            e = todo[empty]
+            t_exit = self._cell_exit(mo[e], md[e], c[empty])
+            if s.adaptive_step:
+                # No lattice to keep: continue just past the cell, at the base step.
+                base[e], k[e], step[e] = t_exit + 1e-9, 0.0, self.dt
+            else:
+                k_next = ((t_exit - base[e]) / step[e]).ceil()
+                k[e] = torch.maximum(k[e] + 1, k_next)
+            todo = e
+        keep = base + k * step <= t_end
+        return k, base, step, keep
+
+    def _exit_buffer(self, n):
+        if getattr(self, "_exit", None) is None or self._exit.numel() != n:
+            self._exit = torch.full((n,), math.inf, dtype=torch.float64)
+        return self._exit
+
+    @property
+    def _current_exit(self):
+        return self._exit
+
+    def _shade(self, pos, valid, step):
+        """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing."""
+        s = self.s
+        flat_valid = valid.reshape(-1)
+        sel = torch.nonzero(flat_valid).reshape(-1)
+        contrib = torch.zeros(flat_valid.numel(), 4)
+        if not sel.numel():
+            return contrib.reshape(*valid.shape, 4), 0
+        pts = pos.reshape(-1, 3)[sel].float()
+        t0 = time.perf_counter()
+        values = evaluate(self.volume.field, pts, s.chunk_size)
+        idx = self.table.indices(values)
+        if s.adaptive_step:
+            ray_step = step[:, None].expand(valid.shape).reshape(-1)[sel]
+            alpha = -torch.expm1(self.log_transparency[idx] * (ray_step / s.opacity_unit_distance).float())
+            rgb = self.table.rgba[idx, :3]
+            c = torch.cat([rgb * alpha[:, None], alpha[:, None]], dim=1)
+        else:
+            c = self.fixed_table[idx]
+        if s.shade:
+            c = self._phong(pts, c, sel, valid.shape)
+        contrib[sel] = c
+        return contrib.reshape(*valid.shape, 4), int(sel.numel())
+
+    def _phong(self, pts, c, sel, shape):
+        """Headlight Phong shading with central-difference gradients (one voxel apart)."""
+        s = self.s
+        h = (2.0 / (self.dims - 1)).float()  # one voxel in model units, per axis
+        offsets = torch.diag(h)
+        probes = torch.cat([pts + offsets[a] for a in range(3)] + [pts - offsets[a] for a in range(3)])
+        v = evaluate(self.volume.field, probes, s.chunk_size).reshape(6, -1)
+        world_h = (h.double() / self.scale).float()  # one voxel in world units
+        grad = ((v[:3] - v[3:]) / (2 * world_h[:, None])).t()
+        norm = grad.norm(dim=1, keepdim=True)
+        normal = torch.where(norm > 1e-12, grad / norm.clamp(min=1e-30), torch.zeros_like(grad))
+        # Headlight: light along the view ray; two-sided lighting (VTK's default).
+        ray_dir = self._ray_dirs_for(sel, shape)
+        ndotl = (normal * -ray_dir).sum(dim=1).abs()
+        spec = ndotl.pow(s.specular_power)  # the half vector equals the light direction for a headlight
+        alpha = c[:, 3:4]
+        rgb = torch.where(alpha > 0, c[:, :3] / alpha.clamp(min=1e-30), torch.zeros_like(c[:, :3]))
+        lit = rgb * (s.ambient + s.diffuse * ndotl[:, None]) + s.specular * spec[:, None]
+        return torch.cat([lit.clamp(0, 1) * alpha, alpha], dim=1)
+
+    def _ray_dirs_for(self, sel, shape):
+        d = self._md_world[:, None, :].expand(*shape, 3).reshape(-1, 3)[sel]
+        return d.float()
+
+
+def _composite(acc: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:
+    """Front-to-back: add a ``(rays, segment, 4)`` block of premultiplied samples behind ``acc`` ``(rays, 4)``."""
+    alpha = contrib[..., 3]
+    trans = torch.cumprod(1.0 - alpha, dim=1)
+    before = torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], dim=1)  # transparency in front of each
+    seg_rgb = (contrib[..., :3] * before[..., None]).sum(dim=1)
+    seg_alpha = 1.0 - trans[:, -1]
+    remaining = 1.0 - acc[:, 3:4]
+    return torch.cat([acc[:, :3] + remaining * seg_rgb, acc[:, 3:4] + remaining * seg_alpha[:, None]], dim=1)

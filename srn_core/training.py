@@ -1,0 +1,291 @@
+"""Training a field on a volume: random sampling with trilinear ground truth, Adam, the APMGSRN schedule.
+
+* Every step draws ``batch_size`` uniform points in the model cube; targets are the volume's trilinear
+  interpolation there (``grid_sample``, corner aligned), normalised to ``[0, 1]`` by the value range.
+* One Adam optimizer trains the model (grids, decoder); fields with a ``transforms`` parameter group
+  (APMGSRN) get a second one stepped only on the feature-density loss, from ``density_start`` steps on,
+  until the density loss stops improving (moving averages over ``density_window`` steps) or
+  ``density_stop_fraction`` of the steps have passed (the paper's delayed start and early stop).
+* The learning rate follows ReduceLROnPlateau on the running mean loss (the paper's schedule); training stops
+  early once it has fallen below ``min_lr_fraction`` of its start, at ``steps``, or at ``time_limit``.
+* Checkpoints (safetensors, no pickle) hold the field, optimizer, scheduler and RNG state, so an interrupted
+  run resumes to exactly the same result. Ctrl-C writes one and raises :class:`TrainingInterrupted`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import Volume
+from .fields import Field
+from .metrics import psnr as psnr_of
+from .model import NeuralVolume, resolve_device
+from .modelfile import ModelFileError, load_tensors, save_tensors
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    """Maximum optimisation steps."""
+    batch_size: int = 1 << 16
+    """Random points per step."""
+    lr: float = 0.01
+    """Adam learning rate of grids and decoder (the paper's 0.01)."""
+    seed: int = 0
+    """Seeds initialisation and sampling: the same seed on CPU gives the same model bit for bit."""
+    device: str = "auto"
+    """``auto`` (CUDA if present), ``cpu`` or ``cuda[:i]``."""
+    time_limit: float | None = None
+    """Stop after this many seconds of training (the model so far is kept)."""
+    density_start: int = 500
+    """Steps before the feature-density loss starts moving APMGSRN's grids (delayed start)."""
+    density_stop_fraction: float = 0.8
+    """Fraction of ``steps`` after which the grids are frozen in any case."""
+    density_window: int = 1000
+    """Moving-average window (steps) of the density-loss early stop."""
+    density_min_improvement: float = 1e-4
+    """Relative improvement (0.01 %) below which, twice in a row, the grids count as converged."""
+    plateau_patience: int = 500
+    """Steps without a 0.01 % improvement of the running mean loss before the learning rate drops 10x."""
+    min_lr_fraction: float = 0.01
+    """Stop early once the learning rate falls below this fraction of ``lr``."""
+    checkpoint_every: float = 60.0
+    """Seconds between checkpoints (when a checkpoint path is given)."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr!r}.")
+        if self.time_limit is not None and not (self.time_limit > 0):
+            raise ValueError(f"time_limit must be positive seconds, got {self.time_limit!r}.")
+
+
+@dataclass
+class TrainProgress:
+    step: int
+    steps: int
+    loss: float
+    """Mean squared error of the last batch, in normalised units."""
+    psnr: float
+    """Running PSNR estimate (dB) from recent batches."""
+    lr: float
+    seconds: float
+    grids_frozen: bool
+
+
+@dataclass
+class TrainResult:
+    model: NeuralVolume
+    psnr: float
+    """PSNR (dB) over every voxel of the training volume."""
+    steps: int
+    seconds: float
+    stopped_because: str
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C or an abort request; the checkpoint (if any) holds the state to resume from."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"; resume from checkpoint {checkpoint!r}" if checkpoint else ""
+        super().__init__(f"training interrupted at step {step}{where}.")
+
+
+def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
+          checkpoint: str | os.PathLike | None = None, resume: bool = False,
+          callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25) -> TrainResult:
+    """Fit ``field`` to ``volume``; returns the trained :class:`NeuralVolume` with its final PSNR.
+
+    ``callback`` is called every ``callback_every`` steps; returning ``True`` aborts (like Ctrl-C: the
+    checkpoint is written and :class:`TrainingInterrupted` raised).
+    """
+    device = resolve_device(config.device)
+    state = _TrainState(volume, field, config, device)
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state.load(checkpoint)
+    elif resume and checkpoint is not None:
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume.")
+    last_checkpoint = time.perf_counter()
+    stopped = "steps"
+    try:
+        while state.step < config.steps:
+            if config.time_limit is not None and state.seconds >= config.time_limit:
+                stopped = "time_limit"
+                break
+            if state.lr < config.min_lr_fraction * config.lr:
+                stopped = "converged"
+                break
+            state.run_step()
+            if callback is not None and (state.step % callback_every == 0 or state.step == config.steps):
+                if callback(state.progress()):
+                    raise KeyboardInterrupt
+            if checkpoint is not None and time.perf_counter() - last_checkpoint > config.checkpoint_every:
+                state.save(checkpoint)
+                last_checkpoint = time.perf_counter()
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            state.save(checkpoint)
+        raise TrainingInterrupted(state.step, None if checkpoint is None else str(checkpoint)) from None
+    field.eval()
+    model = NeuralVolume(field, volume.geometry, volume.name)
+    recon = model.resample()
+    final_psnr = psnr_of(volume.values, recon, mask=volume.finite_mask)
+    model.training = {
+        "steps": state.step, "seconds": round(state.seconds, 3), "psnr": round(final_psnr, 4),
+        "stopped_because": stopped, "data_sha256": state.checksum, "seed": config.seed,
+        "batch_size": config.batch_size, "lr": config.lr, "device": str(device),
+        "grids_frozen_at": state.frozen_at, "torch": torch.__version__,
+    }
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.unlink(checkpoint)  # the finished model supersedes it
+    return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
+
+
+class _TrainState:
+    """Everything that evolves during training, and its (de)serialisation for checkpoints."""
+
+    def __init__(self, volume: Volume, field: Field, config: TrainConfig, device: torch.device):
+        self.volume, self.field, self.config, self.device = volume, field, config, device
+        self.checksum = volume.checksum()
+        lo, hi = volume.value_range
+        field.value_range.copy_(torch.tensor([lo, hi]))
+        scale = (hi - lo) if hi > lo else 1.0
+        # Normalised targets in [0, 1]; NaN (masked) voxels propagate to NaN targets, which are dropped.
+        self.target = torch.from_numpy((volume.values - lo) / scale).to(device)[None, None]
+        self.masked = volume.mask_nonfinite
+        field.to(device).train()
+        groups = field.parameter_groups(config.lr)
+        main = [g for g in groups if g.get("name") != "transforms"]
+        aux = [g for g in groups if g.get("name") == "transforms"]
+        adam = dict(betas=(0.9, 0.99), eps=1e-15)
+        self.optimizer = torch.optim.Adam(main, **adam)
+        self.aux_optimizer = torch.optim.Adam(aux, **adam) if aux else None
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience, threshold=1e-4,
+            cooldown=config.plateau_patience // 2)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.seconds = 0.0
+        self.losses: deque[float] = deque(maxlen=1000)
+        self.density_losses: deque[float] = deque(maxlen=2 * config.density_window)
+        self.stalls = 0
+        self.frozen_at: int | None = None if self.aux_optimizer else 0
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def grids_frozen(self) -> bool:
+        return self.frozen_at is not None
+
+    def run_step(self) -> None:
+        t0 = time.perf_counter()
+        c = self.config
+        points = (torch.rand(c.batch_size, 3, generator=self.generator) * 2 - 1).to(self.device)
+        with torch.no_grad():
+            target = F.grid_sample(self.target, points.view(1, 1, 1, -1, 3), mode="bilinear",
+                                   padding_mode="border", align_corners=True).view(-1)
+        pred = self.field.normalized(points)
+        err = (pred - target) ** 2
+        if self.masked:
+            valid = torch.isfinite(target)
+            err = torch.where(valid, err, torch.zeros_like(err))
+            loss = err.sum() / valid.sum().clamp(min=1)
+        else:
+            loss = err.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if not self.grids_frozen and self.step >= c.density_start:
+            self._density_step(points, err.detach())
+        self.losses.append(float(loss.detach()))
+        if self.grids_frozen:  # the paper steps the plateau schedule once the grids stopped moving
+            self.scheduler.step(sum(self.losses) / len(self.losses))
+        self.step += 1
+        self.seconds += time.perf_counter() - t0
+
+    def _density_step(self, points: torch.Tensor, err: torch.Tensor) -> None:
+        c = self.config
+        aux = self.field.auxiliary_loss(points, err)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_optimizer.step()
+        self.density_losses.append(float(aux))
+        w = c.density_window
+        if self.step >= c.density_stop_fraction * c.steps:
+            self.frozen_at = self.step
+        elif len(self.density_losses) == 2 * w and self.step % 100 == 0:
+            history = list(self.density_losses)
+            before, after = sum(history[:w]) / w, sum(history[w:]) / w
+            self.stalls = self.stalls + 1 if before - after < c.density_min_improvement * abs(before) else 0
+            if self.stalls >= 2:
+                self.frozen_at = self.step
+
+    def progress(self) -> TrainProgress:
+        recent = list(self.losses)[-50:]
+        mse = sum(recent) / max(1, len(recent))
+        return TrainProgress(self.step, self.config.steps, self.losses[-1] if self.losses else math.nan,
+                             -10 * math.log10(mse) if mse > 0 else math.inf, self.lr, self.seconds, self.grids_frozen)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self, path) -> None:
+        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
+        tensors["rng"] = self.generator.get_state()
+        meta = {"checkpoint": {
+            "architecture": self.field.architecture, "config": self.field.config_dict(),
+            "train_config": dataclasses.asdict(self.config), "data_sha256": self.checksum,
+            "step": self.step, "seconds": self.seconds, "losses": list(self.losses),
+            "density_losses": list(self.density_losses), "stalls": self.stalls, "frozen_at": self.frozen_at,
+            "scheduler": self.scheduler.state_dict(),
+            "optimizers": {},
+        }}
+        for name, opt in (("main", self.optimizer), ("aux", self.aux_optimizer)):
+            if opt is None:
+                continue
+            sd = opt.state_dict()
+            meta["checkpoint"]["optimizers"][name] = {"param_groups": sd["param_groups"],
+                                                      "state_keys": {str(i): sorted(s) for i, s in sd["state"].items()}}
+            for i, s in sd["state"].items():
+                for key, value in s.items():
+                    tensors[f"optim.{name}.{i}.{key}"] = torch.as_tensor(value)
+        save_tensors(path, tensors, meta)
+
+    def load(self, path) -> None:
+        tensors, meta = load_tensors(path)
+        ck = meta.get("checkpoint")
+        if ck is None:
+            raise ModelFileError(f"{str(path)!r} is a model file, not a training checkpoint.")
+        if ck["data_sha256"] != self.checksum:
+            raise ValueError(f"checkpoint {str(path)!r} was made on different data; delete it to start afresh.")
+        if ck["architecture"] != self.field.architecture or ck["config"] != self.field.config_dict():
+            raise ValueError(f"checkpoint {str(path)!r} holds a different model ({ck['architecture']}, "
+                             f"{ck['config']}); delete it to start afresh.")
+        self.field.load_state_dict({k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("field.")})
+        self.generator.set_state(tensors["rng"])
+        for name, opt in (("main", self.optimizer), ("aux", self.aux_optimizer)):
+            if opt is None:
+                continue
+            o = ck["optimizers"][name]
+            state = {int(i): {key: tensors[f"optim.{name}.{i}.{key}"].to(self.device) if key != "step"
+                              else tensors[f"optim.{name}.{i}.{key}"]
+                              for key in keys} for i, keys in o["state_keys"].items()}
+            opt.load_state_dict({"state": state, "param_groups": o["param_groups"]})
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.step, self.seconds = int(ck["step"]), float(ck["seconds"])
+        self.losses.extend(ck["losses"])
+        self.density_losses.extend(ck["density_losses"])
+        self.stalls, self.frozen_at = int(ck["stalls"]), ck["frozen_at"]
+
