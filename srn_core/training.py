@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -199,12 +200,13 @@ class _TrainState:
             target = F.grid_sample(self.target, points.view(1, 1, 1, -1, 3), mode="bilinear",
                                    padding_mode="border", align_corners=True).view(-1)
         pred = self.field.normalized(points)
-        err = (pred - target) ** 2
         if self.masked:
+            # Zero the targets before differencing: a NaN inside the graph would poison the gradient.
             valid = torch.isfinite(target)
-            err = torch.where(valid, err, torch.zeros_like(err))
+            err = (pred - torch.where(valid, target, 0.0)) ** 2 * valid
             loss = err.sum() / valid.sum().clamp(min=1)
         else:
+            err = (pred - target) ** 2
             loss = err.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -223,7 +225,7 @@ class _TrainState:
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()
-        self.density_losses.append(float(aux))
+        self.density_losses.append(float(aux.detach()))
         w = c.density_window
         if self.step >= c.density_stop_fraction * c.steps:
             self.frozen_at = self.step
@@ -270,7 +272,8 @@ class _TrainState:
             raise ModelFileError(f"{str(path)!r} is a model file, not a training checkpoint.")
         if ck["data_sha256"] != self.checksum:
             raise ValueError(f"checkpoint {str(path)!r} was made on different data; delete it to start afresh.")
-        if ck["architecture"] != self.field.architecture or ck["config"] != self.field.config_dict():
+        config = json.loads(json.dumps(self.field.config_dict()))  # as stored: tuples became lists
+        if ck["architecture"] != self.field.architecture or ck["config"] != config:
             raise ValueError(f"checkpoint {str(path)!r} holds a different model ({ck['architecture']}, "
                              f"{ck['config']}); delete it to start afresh.")
         self.field.load_state_dict({k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("field.")})

@@ -68,7 +68,11 @@ class HashGridEncoding(nn.Module):
     """tiny-cuda-nn ``HashGrid`` encoding of 3-D points in ``[0, 1]^3``: ``(N, 3) -> (N, n_levels * F)``.
 
     Holds ONE flat float32 parameter ``params`` (tcnn's layout), initialised U(-1e-4, 1e-4) like tcnn.
+    Differentiable in the parameters and in the points (for gradients of the field).
     """
+
+    chunk_size = 4096
+    """Points per internal batch: keeps the ``(levels, 8 corners, points)`` work in the CPU cache."""
 
     def __init__(self, n_levels: int = 16, n_features_per_level: int = 2, log2_hashmap_size: int = 19,
                  base_resolution: int = 16, per_level_scale: float = 2.0, use_tcnn: bool = True):
@@ -80,29 +84,31 @@ class HashGridEncoding(nn.Module):
         self.per_level_scale = float(per_level_scale)
         self.use_tcnn = bool(use_tcnn)
         self.levels = hash_grid_levels(n_levels, log2_hashmap_size, base_resolution, per_level_scale)
-        n_entries = self.levels[-1].offset + self.levels[-1].size
-        self.params = nn.Parameter(torch.empty(n_entries * self.n_features_per_level).uniform_(-1e-4, 1e-4))
+        self.n_entries = self.levels[-1].offset + self.levels[-1].size
+        self.params = nn.Parameter(torch.empty(self.n_entries * self.n_features_per_level).uniform_(-1e-4, 1e-4))
 
-        # Per-level constants as tensors so all levels are evaluated in one batched op. Non-persistent: they
-        # follow from the config, so the model file holds only ``params`` (as a tcnn checkpoint does).
+        # Per-level constants as tensors so all levels are evaluated in batched ops. Non-persistent: they follow
+        # from the config, so the model file holds only ``params`` (as a tcnn checkpoint does).
         lv = self.levels
         self.register_buffer("_scale", torch.tensor([v.scale for v in lv], dtype=torch.float32), persistent=False)
         # Per level and axis, the factor a corner coordinate is multiplied by: res^d (dense) or the hash prime.
         mult = [list(PRIMES) if v.hashed else [1, v.resolution, v.resolution ** 2] for v in lv]
         self.register_buffer("_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)
-        self.register_buffer("_size", torch.tensor([v.size for v in lv], dtype=torch.int64), persistent=False)
-        self.register_buffer("_offset", torch.tensor([v.offset for v in lv], dtype=torch.int64), persistent=False)
-        hashed = [v.hashed for v in lv]
-        # Resolutions grow with the level, so dense levels come first; the split lets each group use one op.
-        self._n_dense = hashed.index(True) if any(hashed) else len(hashed)
-        self._sorted = hashed == sorted(hashed)
-        self.register_buffer("_hashed", torch.tensor(hashed), persistent=False)
-        # Hashed levels' offsets relative to the first hashed level: multiples of T, so they can be or-ed in.
-        first = lv[self._n_dense].offset if self._n_dense < len(lv) else 0
-        self._first_hashed = first
-        self.register_buffer("_hash_offset", torch.tensor([v.offset - first for v in lv[self._n_dense:]],
-                                                          dtype=torch.int32), persistent=False)
-        self._tcnn = None  # a tcnn.Encoding built on first CUDA use; a plain attribute, never a submodule
+        # Runs of consecutive levels that index the same way (dense levels first, as resolutions grow):
+        # each run is evaluated with one set of ops, its indices relative to its first table entry.
+        self._index_dtype = torch.int32 if self.n_entries < 2 ** 31 else torch.int64
+        self._runs: list[tuple[int, int, bool, int]] = []  # (first level, end level, hashed, first entry)
+        start = 0
+        for end in range(1, len(lv) + 1):
+            if end == len(lv) or lv[end].hashed != lv[start].hashed:
+                self._runs.append((start, end, lv[start].hashed, lv[start].offset))
+                start = end
+        for k, (l0, l1, hashed, base) in enumerate(self._runs):
+            rel = torch.tensor([v.offset - base for v in lv[l0:l1]], dtype=torch.int64)
+            self.register_buffer(f"_run{k}_offset", rel, persistent=False)
+            self.register_buffer(f"_run{k}_size", torch.tensor([v.size for v in lv[l0:l1]]), persistent=False)
+        self._table_cache: tuple | None = None
+        self._tcnn = None  # [tcnn.Encoding or None], built on first CUDA use; a plain attribute, never a submodule
 
     @property
     def n_output_dims(self) -> int:
@@ -121,54 +127,126 @@ class HashGridEncoding(nn.Module):
                 self._tcnn = [accel.tcnn_encoding(3, self.encoding_config())]
             if self._tcnn[0] is not None:
                 return accel.tcnn_encode(self._tcnn[0], x01, self.params)
-        return self.torch_forward(x01)
+        return _HashGridFunction.apply(x01.to(torch.float32), self.params, self)
 
-    def corner_indices_and_weights(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat table-entry indices and trilinear weights of every level's 8 corners: both ``(N, L, 2, 2, 2)``.
+    # ---- the math, on one chunk of points --------------------------------------------------------
+    def _chunk(self, x01: torch.Tensor):
+        """Per run of levels: ``(l0, l1, first entry, index (Lr, 8, n), axis weights (Lr, 3, 2, n))``.
 
-        Corner ``[..., k, j, i]`` is offset ``(i, j, k)`` along ``(x, y, z)`` from the cell's lower corner.
+        Corner ``c = 4 k + 2 j + i`` is offset ``(i, j, k)`` along ``(x, y, z)`` from the cell's lower corner; the
+        trilinear weight of corner ``c`` is ``w[:, 0, i] * w[:, 1, j] * w[:, 2, k]``.
         """
-        n_levels, nd = self.n_levels, self._n_dense
-        pos = x01.to(torch.float32).unsqueeze(1) * self._scale.view(1, n_levels, 1) + 0.5  # (N, L, 3)
+        n_levels = self.n_levels
+        pos = x01.t().unsqueeze(0) * self._scale.view(n_levels, 1, 1) + 0.5  # (L, 3, n): points innermost
         cell_f = torch.floor(pos)
         frac = pos - cell_f
-        cell = cell_f.to(torch.int64)
-        # Per axis, both corner coordinates times the level's factor (res^d or the prime): (N, L, 3, 2), exact in int64.
-        a = torch.stack([cell, cell + 1], dim=-1) * self._mult.view(1, n_levels, 3, 1)
-        if self._sorted:
-            parts = []
-            if nd > 0:  # dense: (c_x + c_y res + c_z res^2) as uint32, mod T_l
-                d = a[:, :nd] & UINT32
-                s = d[:, :, 0, None, None, :] + d[:, :, 1, None, :, None] + d[:, :, 2, :, None, None]
-                parts.append(((s & UINT32) % self._size[:nd].view(1, nd, 1, 1, 1)
-                              + self._offset[:nd].view(1, nd, 1, 1, 1)).to(torch.int32))
-            if nd < n_levels:
-                # Hashed levels share T = 2^log2_hashmap_size, so "xor, then mod T" equals "mask each axis, then
-                # xor", and a level's offset (a multiple of T past the dense levels) can be or-ed into the x term:
-                # all the 8-corner work happens in int32 with no division.
-                h = (a[:, nd:] & (self._size[-1] - 1)).to(torch.int32)
-                hx = h[:, :, 0] | self._hash_offset.view(1, n_levels - nd, 1)
-                hashed = hx[:, :, None, None, :] ^ h[:, :, 1, None, :, None] ^ h[:, :, 2, :, None, None]
-                parts.append(hashed + self._first_hashed if self._first_hashed else hashed)
-            index = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        else:  # a per_level_scale below 1 (shrinking levels): the plain formula per level
-            u = a & UINT32
-            ux, uy, uz = u[:, :, 0, None, None, :], u[:, :, 1, None, :, None], u[:, :, 2, :, None, None]
-            hashed = self._hashed.view(1, n_levels, 1, 1, 1)
-            raw = torch.where(hashed, ux ^ uy ^ uz, (ux + uy + uz) & UINT32)
-            index = (raw % self._size.view(1, n_levels, 1, 1, 1) + self._offset.view(1, n_levels, 1, 1, 1))
-            index = index.to(torch.int32)
-        w = torch.stack([1.0 - frac, frac], dim=-1)  # (N, L, 3, 2)
-        weights = w[:, :, 2, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 0, None, None, :]
-        return index, weights
+        mult = self._mult.view(n_levels, 3, 1)
+        a0 = cell_f.to(torch.int64) * mult  # exact in int64; uint32 wrap-around applied below
+        a = torch.stack([a0, a0 + mult], dim=2)  # (L, 3, 2, n): both corner coordinates per axis
+        w = torch.stack([1.0 - frac, frac], dim=2)
+        out = []
+        for k, (l0, l1, hashed, base) in enumerate(self._runs):
+            rel = getattr(self, f"_run{k}_offset").view(-1, 1, 1, 1, 1)
+            ar = a[l0:l1]
+            if hashed:
+                # All hashed levels have T = 2^log2_hashmap_size, so "xor, then mod T" equals "mask each axis,
+                # then xor", and a level's offset in the run (a multiple of T) can be or-ed into one term:
+                # the 8-corner work then needs no division and no 64-bit integers.
+                h = (ar & ((1 << self.log2_hashmap_size) - 1)).to(self._index_dtype)
+                hx = h[:, 0, None, None, :, :] | rel.to(self._index_dtype)
+                index = h[:, 2, :, None, None, :] ^ h[:, 1, None, :, None, :] ^ hx
+            else:
+                u = ar & UINT32
+                summed = u[:, 2, :, None, None, :] + u[:, 1, None, :, None, :] + u[:, 0, None, None, :, :]
+                size = getattr(self, f"_run{k}_size").view(-1, 1, 1, 1, 1)
+                index = ((summed & UINT32) % size + rel).to(self._index_dtype)
+            out.append((l0, l1, base, index.view(l1 - l0, 8, -1), w[l0:l1]))
+        return out
 
-    def torch_forward(self, x01: torch.Tensor) -> torch.Tensor:
-        """The pure-PyTorch evaluation (any device)."""
-        n, f, n_levels = x01.shape[0], self.n_features_per_level, self.n_levels
-        index, weights = self.corner_indices_and_weights(x01)
-        # index_select's backward is a scatter-add (index_add_), far faster on CPU than embedding's sort-based one.
-        feats = self.params.view(-1, f).index_select(0, index.view(-1)).view(n * n_levels, 8, f)
-        return torch.bmm(weights.view(n * n_levels, 1, 8), feats).view(n, n_levels * f)
+    @staticmethod
+    def _corner_weights(w: torch.Tensor, derivative_axis: int | None = None) -> torch.Tensor:
+        """Trilinear weights ``(Lr, 8, n)`` from per-axis weights ``(Lr, 3, 2, n)``; with ``derivative_axis`` d,
+        their derivative with respect to the fractional position along d."""
+        ws = [w[:, d] for d in range(3)]
+        if derivative_axis is not None:
+            ws[derivative_axis] = torch.tensor([-1.0, 1.0], dtype=w.dtype, device=w.device).view(1, 2, 1).expand_as(
+                ws[derivative_axis])
+        wx, wy, wz = ws
+        return (wz[:, :, None, None, :] * wy[:, None, :, None, :] * wx[:, None, None, :, :]).reshape(w.shape[0], 8, -1)
+
+    def _table_t(self) -> torch.Tensor:
+        """The parameters as ``(F, entries)``: one contiguous row per feature makes every gather a 4-byte gather.
+
+        Cached while the parameters are unchanged (inference); the optimizer's in-place step bumps the version.
+        """
+        p = self.params
+        key = (p.data_ptr(), p._version, p.device, p.dtype)
+        if self._table_cache is None or self._table_cache[0] != key:
+            f = self.n_features_per_level
+            table = p.detach().view(-1, f).t().contiguous() if f > 1 else p.detach().view(1, -1)
+            self._table_cache = (key, table)
+        return self._table_cache[1]
+
+    def corners(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Absolute table entries and trilinear weights of every level's 8 corners, both ``(N, L, 8)`` (tests)."""
+        index, weight = [], []
+        for l0, l1, base, idx, w in self._chunk(x01.to(torch.float32)):
+            index.append(idx.to(torch.int64) + base)
+            weight.append(self._corner_weights(w))
+        return torch.cat(index).permute(2, 0, 1), torch.cat(weight).permute(2, 0, 1)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """The encoding as one autograd node: chunked forward, and a backward that recomputes corners chunk by chunk
+    and scatters into ONE gradient buffer (what tcnn does), instead of storing every chunk's intermediates."""
+
+    @staticmethod
+    def forward(ctx, x01: torch.Tensor, params: torch.Tensor, enc: HashGridEncoding) -> torch.Tensor:
+        n, f, n_levels = x01.shape[0], enc.n_features_per_level, enc.n_levels
+        table = enc._table_t()
+        out = torch.empty(n_levels, f, n, dtype=torch.float32, device=x01.device)
+        for start in range(0, n, enc.chunk_size):
+            stop = min(start + enc.chunk_size, n)
+            for l0, l1, base, index, w in enc._chunk(x01[start:stop]):
+                weights = enc._corner_weights(w)
+                flat = index.reshape(-1)
+                for j in range(f):
+                    vals = table[j, base:].index_select(0, flat).view_as(weights)
+                    out[l0:l1, j, start:stop] = (vals * weights).sum(1)
+        ctx.save_for_backward(x01)
+        ctx.enc = enc
+        return out.permute(2, 0, 1).reshape(n, n_levels * f)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (x01,) = ctx.saved_tensors
+        enc: HashGridEncoding = ctx.enc
+        n, f, n_levels = x01.shape[0], enc.n_features_per_level, enc.n_levels
+        need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = grad_out.to(torch.float32).reshape(n, n_levels, f).permute(1, 2, 0).contiguous()  # (L, F, N)
+        grad_table = torch.zeros(f, enc.n_entries, dtype=torch.float32, device=x01.device) if need_params else None
+        grad_x = torch.zeros(3, n, dtype=torch.float32, device=x01.device) if need_x else None
+        table = enc._table_t() if need_x else None
+        for start in range(0, n, enc.chunk_size):
+            stop = min(start + enc.chunk_size, n)
+            for l0, l1, base, index, w in enc._chunk(x01[start:stop]):
+                weights = enc._corner_weights(w)
+                flat = index.reshape(-1)
+                gc = g[l0:l1, :, start:stop]  # (Lr, F, n)
+                if need_params:
+                    for j in range(f):
+                        grad_table[j, base:].index_add_(0, flat, (weights * gc[:, j, None, :]).reshape(-1))
+                if need_x:
+                    # d out / d x01_d = scale_l * sum_c feature_c * d weight_c / d frac_d
+                    gv = sum(table[j, base:].index_select(0, flat).view_as(weights) * gc[:, j, None, :]
+                             for j in range(f))
+                    scale = enc._scale[l0:l1].view(-1, 1)
+                    for d in range(3):
+                        dw = enc._corner_weights(w, d)
+                        grad_x[d, start:stop] += ((gv * dw).sum(1) * scale).sum(0)
+        grad_params = grad_table.t().reshape(-1) if need_params else None
+        return (grad_x.t() if need_x else None), grad_params, None
 
 
 @dataclass

@@ -261,8 +261,7 @@ class _March:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, origins, dirs, t_max, stats: RenderStats) -> torch.Tensor:
         s, dt = self.s, self.dt
-        n = origins.shape[0]
-        out = torch.zeros(n, 4)
+        out = torch.zeros(origins.shape[0], 4)
         mo, md = self._to_model(origins, dirs)
         t_in, t_out = self._box(mo, md, -1.0, 1.0)
         t_in = t_in.clamp(min=0.0)  # a camera inside the box starts at the eye
@@ -270,106 +269,91 @@ class _March:
             t_out = torch.minimum(t_out, t_max.double())
         live = torch.nonzero(t_out >= t_in).reshape(-1)
         stats.rays_hit += int(live.numel())
-        # Per live ray: model-space ray, lattice base, step, next sample index, end, accumulated colour.
-        ray = live
-        mo, md = mo[live], md[live]
-        base = t_in[live]
-        t_end = t_out[live]
-        step = torch.full_like(base, dt)
-        k = torch.zeros(live.numel(), dtype=torch.float64)
-        acc = torch.zeros(live.numel(), 4)
-        total_lattice = float(((t_end - base) / dt).floor().add(1).sum()) if live.numel() else 0.0
+        # Per live ray: pixel, model-space ray, lattice (sample j at base + (k + j) * step), end, cell exit
+        # (adaptive steps stay inside one cell), accumulated premultiplied colour.
+        st = _Rays(ray=live, mo=mo[live], md=md[live], base=t_in[live], t_end=t_out[live],
+                   step=torch.full((live.numel(),), dt, dtype=torch.float64),
+                   k=torch.zeros(live.numel(), dtype=torch.float64),
+                   exit=torch.full((live.numel(),), math.inf, dtype=torch.float64),
+                   acc=torch.zeros(live.numel(), 4))
+        total_lattice = float(((st.t_end - st.base) / dt).floor().add(1).sum()) if live.numel() else 0.0
         evaluated = 0
         seg = torch.arange(s.segment, dtype=torch.float64)
-        while ray.numel():
+        while st.ray.numel():
             stats.iterations += 1
             if self.cell_opacity is not None:
-                k, base, step, keep = self._skip(mo, md, base, step, k, t_end)
+                keep = self._skip(st)
                 if not keep.all():
-                    out[ray[~keep]] = acc[~keep]
-                    ray, mo, md, base, step, k, t_end, acc = (x[keep] for x in (ray, mo, md, base, step, k, t_end, acc))
-                    if not ray.numel():
+                    out[st.ray[~keep]] = st.acc[~keep]
+                    st = st.select(keep)
+                    if not st.ray.numel():
                         break
-            # The next `segment` lattice samples of every live ray (a (rays, segment) block).
-            t = base[:, None] + (k[:, None] + seg) * step[:, None]
-            valid = t <= t_end[:, None]
-            pos = mo[:, None, :] + t[..., None] * md[:, None, :]
-            cell_limit = None
+            # The next `segment` lattice samples of every live ray: a (rays, segment) block.
+            t = st.base[:, None] + (st.k[:, None] + seg) * st.step[:, None]
+            valid = t <= st.t_end[:, None]
+            pos = st.mo[:, None, :] + t[..., None] * st.md[:, None, :]
             if self.cell_opacity is not None:
                 idx, _ = self._cell_index(pos.float())
-                op = self.cell_flat[idx]
-                valid &= op > 0
-                if s.adaptive_step:
-                    # Stay inside the current cell: the stretched step was chosen for it alone.
-                    cell_limit = self._current_exit
-                    valid &= (t < cell_limit[:, None]) | (seg == 0)
-            contrib, n_eval = self._shade(pos, valid, step)
+                valid &= self.cell_flat[idx] > 0
+                if s.adaptive_step:  # the stretched step was chosen for the current cell alone
+                    valid &= (t < st.exit[:, None]) | (seg == 0)
+            contrib, n_eval = self._contributions(pos, t, valid, st)
             evaluated += n_eval
-            acc = _composite(acc, contrib)
-            if cell_limit is not None:
-                taken = torch.clamp(((cell_limit - base) / step - k).ceil(), min=1, max=s.segment)
-                k = k + taken
+            st.acc = _composite(st.acc, contrib)
+            if s.adaptive_step and self.cell_opacity is not None:
+                st.k = st.k + torch.clamp(((st.exit - st.base) / st.step - st.k).ceil(), min=1, max=s.segment)
             else:
-                k = k + s.segment
-            done = (base + k * step > t_end) | (acc[:, 3] >= s.early_termination)
+                st.k = st.k + s.segment
+            done = (st.base + st.k * st.step > st.t_end) | (st.acc[:, 3] >= s.early_termination)
             if done.any():
-                out[ray[done]] = acc[done]
-                keep = ~done
-                ray, mo, md, base, step, k, t_end, acc = (x[keep] for x in (ray, mo, md, base, step, k, t_end, acc))
+                out[st.ray[done]] = st.acc[done]
+                st = st.select(~done)
         stats.samples += evaluated
         stats.samples_skipped += max(0, int(total_lattice) - evaluated)
         return out
 
-    def _skip(self, mo, md, base, step, k, t_end):
-        """Advance every ray whose next sample lies in a transparent cell to the first sample past it.
+    def _skip(self, st: "_Rays") -> torch.Tensor:
+        """Move every ray whose next sample lies in a transparent cell to the first lattice sample past it
+        (repeatedly: a 3-D DDA over cells). With adaptive steps, also pick the step of the cell each ray is in.
 
-        Returns the updated lattice and a mask of rays that still have samples ahead.
+        Returns the mask of rays that still have samples ahead.
         """
         s = self.s
-        todo = torch.arange(base.numel())
+        todo = torch.arange(st.base.numel())
         for _ in range(4 * int(self.cells_xyz.sum()) + 4):  # a ray crosses at most sum(cells) cells
             if not todo.numel():
                 break
-            t = base[todo] + k[todo] * step[todo]
-            pos = mo[todo] + t[:, None] * md[todo]
+            t = st.base[todo] + st.k[todo] * st.step[todo]
+            pos = st.mo[todo] + t[:, None] * st.md[todo]
             idx, c = self._cell_index(pos.float())
             op = self.cell_flat[idx]
-            inside = t <= t_end[todo]
+            inside = t <= st.t_end[todo]
             empty = (op <= 0) & inside
             if s.adaptive_step:
-                stretch = 1.0 + 15.0 * (1.0 - op.double().clamp(0.1, 1.0)) ** 2
                 occupied = ~empty & inside
                 if occupied.any():
                     o = todo[occupied]
-                    new_step = self.dt * stretch[occupied]
-                    t_now = t[occupied]
-                    base[o], k[o], step[o] = t_now, 0.0, new_step
-                    self._exit_buffer(base.numel())[o] = self._cell_exit(mo[o], md[o], c[occupied])
+                    stretch = 1.0 + 15.0 * (1.0 - op[occupied].double().clamp(0.1, 1.0)) ** 2
+                    st.base[o], st.k[o], st.step[o] = t[occupied], 0.0, self.dt * stretch
+                    st.exit[o] = self._cell_exit(st.mo[o], st.md[o], c[occupied])
             if not empty.any():
                 break
             e = todo[empty]
-            t_exit = self._cell_exit(mo[e], md[e], c[empty])
+            t_exit = self._cell_exit(st.mo[e], st.md[e], c[empty])
             if s.adaptive_step:
-                # No lattice to keep: continue just past the cell, at the base step.
-                base[e], k[e], step[e] = t_exit + 1e-9, 0.0, self.dt
+                # No lattice to keep: continue just past the cell.
+                st.base[e], st.k[e], st.step[e] = t_exit + 1e-9, 0.0, self.dt
             else:
-                k_next = ((t_exit - base[e]) / step[e]).ceil()
-                k[e] = torch.maximum(k[e] + 1, k_next)
+                st.k[e] = torch.maximum(st.k[e] + 1, ((t_exit - st.base[e]) / st.step[e]).ceil())
             todo = e
-        keep = base + k * step <= t_end
-        return k, base, step, keep
+        return st.base + st.k * st.step <= st.t_end
 
-    def _exit_buffer(self, n):
-        if getattr(self, "_exit", None) is None or self._exit.numel() != n:
-            self._exit = torch.full((n,), math.inf, dtype=torch.float64)
-        return self._exit
+    def _contributions(self, pos, t, valid, st: "_Rays"):
+        """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing.
 
-    @property
-    def _current_exit(self):
-        return self._exit
-
-    def _shade(self, pos, valid, step):
-        """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing."""
+        Sample ``j`` stands for the interval ``[t_j, t_j + step)``; the last one of a ray is cut at the ray's end,
+        so a homogeneous slab of any thickness gets exactly the transmittance ``(1 - a) ** (length / unit)``.
+        """
         s = self.s
         flat_valid = valid.reshape(-1)
         sel = torch.nonzero(flat_valid).reshape(-1)
@@ -377,44 +361,60 @@ class _March:
         if not sel.numel():
             return contrib.reshape(*valid.shape, 4), 0
         pts = pos.reshape(-1, 3)[sel].float()
-        t0 = time.perf_counter()
         values = evaluate(self.volume.field, pts, s.chunk_size)
         idx = self.table.indices(values)
+        ray_step = st.step[:, None].expand(valid.shape).reshape(-1)[sel]
+        length = torch.minimum(ray_step, st.t_end[:, None].expand(valid.shape).reshape(-1)[sel] - t.reshape(-1)[sel])
         if s.adaptive_step:
-            ray_step = step[:, None].expand(valid.shape).reshape(-1)[sel]
-            alpha = -torch.expm1(self.log_transparency[idx] * (ray_step / s.opacity_unit_distance).float())
-            rgb = self.table.rgba[idx, :3]
-            c = torch.cat([rgb * alpha[:, None], alpha[:, None]], dim=1)
+            c = self._corrected(idx, length)
         else:
             c = self.fixed_table[idx]
+            cut = torch.nonzero(length < ray_step).reshape(-1)
+            if cut.numel():
+                c[cut] = self._corrected(idx[cut], length[cut])
         if s.shade:
-            c = self._phong(pts, c, sel, valid.shape)
+            world_dir = (st.md / self.scale).float()  # unit world directions of the rays
+            d = world_dir[:, None, :].expand(*valid.shape, 3).reshape(-1, 3)[sel]
+            c = self._phong(pts, c, d)
         contrib[sel] = c
         return contrib.reshape(*valid.shape, 4), int(sel.numel())
 
-    def _phong(self, pts, c, sel, shape):
+    def _corrected(self, idx, length):
+        """Premultiplied colour of table entries ``idx`` for samples standing for ``length`` world units each."""
+        alpha = -torch.expm1(self.log_transparency[idx] * (length.clamp(min=0) / self.s.opacity_unit_distance).float())
+        return torch.cat([self.table.rgba[idx, :3] * alpha[:, None], alpha[:, None]], dim=1)
+
+    def _phong(self, pts, c, ray_dir):
         """Headlight Phong shading with central-difference gradients (one voxel apart)."""
         s = self.s
         h = (2.0 / (self.dims - 1)).float()  # one voxel in model units, per axis
         offsets = torch.diag(h)
         probes = torch.cat([pts + offsets[a] for a in range(3)] + [pts - offsets[a] for a in range(3)])
-        v = evaluate(self.volume.field, probes, s.chunk_size).reshape(6, -1)
+        v = evaluate(self.volume.field, probes.clamp(-1.0, 1.0), s.chunk_size).reshape(6, -1)
         world_h = (h.double() / self.scale).float()  # one voxel in world units
         grad = ((v[:3] - v[3:]) / (2 * world_h[:, None])).t()
         norm = grad.norm(dim=1, keepdim=True)
         normal = torch.where(norm > 1e-12, grad / norm.clamp(min=1e-30), torch.zeros_like(grad))
-        # Headlight: light along the view ray; two-sided lighting (VTK's default).
-        ray_dir = self._ray_dirs_for(sel, shape)
-        ndotl = (normal * -ray_dir).sum(dim=1).abs()
-        spec = ndotl.pow(s.specular_power)  # the half vector equals the light direction for a headlight
+        # Headlight (light along the view ray, so the half vector is the light itself); two-sided lighting.
+        ndotl = (normal * ray_dir).sum(dim=1).abs()
+        spec = ndotl.pow(s.specular_power)
         alpha = c[:, 3:4]
         rgb = torch.where(alpha > 0, c[:, :3] / alpha.clamp(min=1e-30), torch.zeros_like(c[:, :3]))
         lit = rgb * (s.ambient + s.diffuse * ndotl[:, None]) + s.specular * spec[:, None]
         return torch.cat([lit.clamp(0, 1) * alpha, alpha], dim=1)
 
-    def _ray_dirs_for(self, sel, shape):
-        d = self._md_world[:, None, :].expand(*shape, 3).reshape(-1, 3)[sel]
-        return d.float()
+
+class _Rays:
+    """The live rays' state, compacted together."""
+
+    FIELDS = ("ray", "mo", "md", "base", "t_end", "step", "k", "exit", "acc")
+
+    def __init__(self, **tensors):
+        for name in self.FIELDS:
+            setattr(self, name, tensors[name])
+
+    def select(self, mask: torch.Tensor) -> "_Rays":
+        return _Rays(**{name: getattr(self, name)[mask] for name in self.FIELDS})
 
 
 def _composite(acc: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh Debian 12 machine (idempotent; re-running skips what is done).
+#   1. Debian packages: ParaView 5.11 (pvpython, pvbatch, MPI), paraview-dev (CMake build), Xvfb (headless
+#      rendering) and mricron-data (the real volumes the demo, tests and benchmarks use).
+#   2. .venv   : the project venv (torch==2.13.0 CPU, the PyPI vtk wheel, readers, test and benchmark tools).
+#   3. .pvvenv : a venv of Debian's python3 with system site packages, so pvpython/pvbatch can import torch next
+#                to Debian's own numpy and VTK (never pip-install numpy, vtk or pyvista into it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+APT_PACKAGES="paraview python3-paraview paraview-dev xvfb xauth mricron-data cmake"
+missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  log "installing Debian packages: $missing"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# torch is installed first and pinned: a bare `torch` requirement would pull gigabytes of CUDA packages.
+PY=${PYTHON:-python3}
+if [ ! -f .venv/.neural-volume-ready ]; then
+  log "creating .venv (torch==2.13.0 CPU, vtk, readers, test tools)"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench]"
+  touch .venv/.neural-volume-ready
+fi
+
+if [ ! -f .pvvenv/.neural-volume-ready ]; then
+  log "creating .pvvenv for pvpython/pvbatch (torch==2.13.0 next to Debian's numpy and ParaView)"
+  /usr/bin/python3 -m venv --system-site-packages .pvvenv
+  .pvvenv/bin/pip install -q --disable-pip-version-check torch==2.13.0 safetensors
+  touch .pvvenv/.neural-volume-ready
+fi
+log "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')), .pvvenv, ParaView $(pvpython --version 2>/dev/null | awk '{print $NF}')"

@@ -1,0 +1,17 @@
+"""Direct rendering of neural volumes (and raw grids) by ray marching a field callable; no grid is materialised.
+
+One job per module: :mod:`.camera` (VTK-convention cameras and rays), :mod:`.transfer_function` (ParaView presets
+and point lists to lookup tables), :mod:`.volume` (what is rendered: a field, its box, its resolution),
+:mod:`.macrocells` (empty-space skipping), :mod:`.raymarch` (sampling and compositing), :mod:`.progressive`
+(coarse-to-fine images), :mod:`.image` (PNG output and image comparison).
+"""
+
+from .camera import Camera
+from .macrocells import MacroCells, build_macrocells, macrocells_for
+from .raymarch import Renderer, RenderResult, RenderSettings, RenderStats, render
+from .transfer_function import TransferFunction, TransferTable, find_preset, preset_names
+from .volume import RenderVolume, grid_field
+
+__all__ = ["Camera", "MacroCells", "build_macrocells", "macrocells_for", "Renderer", "RenderResult",
+           "RenderSettings", "RenderStats", "render", "TransferFunction", "TransferTable", "find_preset",
+           "preset_names", "RenderVolume", "grid_field"]
