@@ -94,6 +94,10 @@ class HashGridEncoding(nn.Module):
         # Per level and axis, the factor a corner coordinate is multiplied by: res^d (dense) or the hash prime.
         mult = [list(PRIMES) if v.hashed else [1, v.resolution, v.resolution ** 2] for v in lv]
         self.register_buffer("_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)
+        pair = torch.stack([torch.zeros_like(self._mult), self._mult], dim=-1)  # lower / upper corner offsets
+        self.register_buffer("_mult_pair", pair.unsqueeze(-1), persistent=False)  # (L, 3, 2, 1)
+        self.register_buffer("_w_base", torch.tensor([1.0, 0.0]).view(1, 1, 2, 1), persistent=False)
+        self.register_buffer("_w_sign", torch.tensor([-1.0, 1.0]).view(1, 1, 2, 1), persistent=False)
         # Runs of consecutive levels that index the same way (dense levels first, as resolutions grow):
         # each run is evaluated with one set of ops, its indices relative to its first table entry.
         self._index_dtype = torch.int32 if self.n_entries < 2 ** 31 else torch.int64
@@ -139,11 +143,10 @@ class HashGridEncoding(nn.Module):
         n_levels = self.n_levels
         pos = x01.t().unsqueeze(0) * self._scale.view(n_levels, 1, 1) + 0.5  # (L, 3, n): points innermost
         cell_f = torch.floor(pos)
-        frac = pos - cell_f
-        mult = self._mult.view(n_levels, 3, 1)
-        a0 = cell_f.to(torch.int64) * mult  # exact in int64; uint32 wrap-around applied below
-        a = torch.stack([a0, a0 + mult], dim=2)  # (L, 3, 2, n): both corner coordinates per axis
-        w = torch.stack([1.0 - frac, frac], dim=2)
+        frac = (pos - cell_f).unsqueeze(2)
+        # Both corners per axis in one broadcast op each (no stacking): (L, 3, 2, n).
+        a = (cell_f.to(torch.int64) * self._mult.view(n_levels, 3, 1)).unsqueeze(2) + self._mult_pair
+        w = torch.addcmul(self._w_base, frac, self._w_sign)  # (1 - frac, frac)
         out = []
         for k, (l0, l1, hashed, base) in enumerate(self._runs):
             rel = getattr(self, f"_run{k}_offset").view(-1, 1, 1, 1, 1)

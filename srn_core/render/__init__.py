@@ -8,10 +8,11 @@ and point lists to lookup tables), :mod:`.volume` (what is rendered: a field, it
 
 from .camera import Camera
 from .macrocells import MacroCells, build_macrocells, macrocells_for
+from .progressive import ProgressiveFrame, progressive_render
 from .raymarch import Renderer, RenderResult, RenderSettings, RenderStats, render
 from .transfer_function import TransferFunction, TransferTable, find_preset, preset_names
 from .volume import RenderVolume, grid_field
 
 __all__ = ["Camera", "MacroCells", "build_macrocells", "macrocells_for", "Renderer", "RenderResult",
-           "RenderSettings", "RenderStats", "render", "TransferFunction", "TransferTable", "find_preset",
+           "RenderSettings", "RenderStats", "render", "ProgressiveFrame", "progressive_render", "TransferFunction", "TransferTable", "find_preset",
            "preset_names", "RenderVolume", "grid_field"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field as dataclass_field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size, evaluate
 from .camera import Camera, check_size
@@ -206,7 +207,12 @@ def render(volume, camera: Camera, tf, width: int, height: int, settings: Render
 # The wavefront march
 # =================================================================================================
 class _March:
-    """One render's constants (model-cube mapping, tables, cells) and the wavefront loop."""
+    """One render's constants (model-cube mapping, tables, cells) and the wavefront loop.
+
+    Ray state is float32 (a few hundred samples per ray leave float32 far more precise than a voxel) and is
+    compacted with index gathers, never boolean masks, because on a CPU the bookkeeping of a million-sample
+    wavefront costs as much as a fast field.
+    """
 
     def __init__(self, volume: RenderVolume, table: TransferTable, settings: RenderSettings, dt: float,
                  cell_opacity: torch.Tensor | None):
@@ -218,74 +224,71 @@ class _March:
         self.cell_opacity = cell_opacity
         if cell_opacity is not None:
             self.cells_xyz = torch.tensor(cell_counts(volume.dims, settings.cell_size), dtype=torch.int64)
-            # model coordinate -> cell coordinate: (m + 1) / 2 * (dims - 1) / C
-            self.cell_scale = ((self.dims - 1) / (2.0 * settings.cell_size)).float()
-            self.cell_flat = cell_opacity.reshape(-1)
+            self.cell_scale = ((self.dims - 1) / (2.0 * settings.cell_size)).float()  # model -> cell coordinates
+            self.cell_size_model = (2.0 * settings.cell_size / (self.dims - 1)).float()
+            self.cell_flat = cell_opacity.reshape(-1).contiguous()
+            self.occupied_flat = self.cell_flat > 0
+            self.distance_flat = empty_distance(cell_opacity > 0).reshape(-1).contiguous()
         # Step-corrected, premultiplied table for the fixed step: one gather gives a sample's contribution.
         rgba = table.rgba
         self.log_transparency = torch.log1p(-rgba[:, 3].clamp(max=1 - 1e-7))
         alpha = -torch.expm1(self.log_transparency * (dt / settings.opacity_unit_distance))
-        self.fixed_table = torch.cat([rgba[:, :3] * alpha[:, None], alpha[:, None]], dim=1)
+        self.fixed_table = torch.cat([rgba[:, :3] * alpha[:, None], alpha[:, None]], dim=1).contiguous()
 
     # ---- geometry ------------------------------------------------------------------------------
-    def _to_model(self, origins, dirs):
-        mo = ((origins.double() - self.lo) * self.scale - 1.0)
-        md = dirs.double() * self.scale
-        return mo, md
-
     @staticmethod
     def _box(mo, md, lo, hi):
-        """Entry and exit parameters of rays ``mo + t md`` through the axis-aligned box [lo, hi] (per ray)."""
-        tiny = 1e-300
-        safe = torch.where(md.abs() < tiny, torch.full_like(md, tiny), md)
+        """Entry and exit parameters of rays ``mo + t md`` through the axis-aligned boxes [lo, hi]."""
+        safe = torch.where(md.abs() < 1e-30, torch.full_like(md, 1e-30), md)
         t1 = (lo - mo) / safe
         t2 = (hi - mo) / safe
-        t_in = torch.minimum(t1, t2).amax(dim=1)
-        t_out = torch.maximum(t1, t2).amin(dim=1)
-        return t_in, t_out
+        return torch.minimum(t1, t2).amax(dim=-1), torch.maximum(t1, t2).amin(dim=-1)
 
-    def _cell_index(self, pos):
-        """Flat macro-cell index of model points ``(..., 3)`` and the per-axis cell coordinates."""
-        c = ((pos + 1.0) * self.cell_scale).floor().long()
-        c = torch.minimum(c.clamp(min=0), self.cells_xyz - 1)
+    def _cells(self, pos):
+        """Per-axis cell coordinates ``(..., 3)`` (int64, clamped to the grid) and flat cell index of model points."""
+        c = ((pos + 1.0) * self.cell_scale).floor_().long()
+        c = torch.minimum(c.clamp_(min=0), self.cells_xyz - 1)
         nx, ny = int(self.cells_xyz[0]), int(self.cells_xyz[1])
-        return c[..., 0] + nx * (c[..., 1] + ny * c[..., 2]), c
+        return c, c[..., 0] + nx * (c[..., 1] + ny * c[..., 2])
 
-    def _cell_exit(self, mo, md, c):
-        """Exit parameter of rays from the cells ``c`` (per-axis cell coordinates)."""
-        size = 2.0 * self.s.cell_size / (self.dims - 1)
-        lo = -1.0 + c.double() * size
-        hi = torch.minimum(lo + size, torch.ones_like(lo))
-        return self._box(mo, md, lo, hi)[1]
+    def _block_exit(self, mo, md, c, radius):
+        """Exit parameter from the block of cells within ``radius - 1`` (Chebyshev) of cells ``c``."""
+        r = (radius - 1).clamp(min=0)[:, None]
+        lo = -1.0 + (c - r).float() * self.cell_size_model
+        hi = -1.0 + (c + r + 1).float() * self.cell_size_model
+        return self._box(mo, md, lo.clamp(min=-1.0), hi.clamp(max=1.0))[1]
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, origins, dirs, t_max, stats: RenderStats) -> torch.Tensor:
         s, dt = self.s, self.dt
         out = torch.zeros(origins.shape[0], 4)
-        mo, md = self._to_model(origins, dirs)
+        mo = ((origins.double() - self.lo) * self.scale - 1.0).float()
+        md = (dirs.double() * self.scale).float()
         t_in, t_out = self._box(mo, md, -1.0, 1.0)
         t_in = t_in.clamp(min=0.0)  # a camera inside the box starts at the eye
         if t_max is not None:
-            t_out = torch.minimum(t_out, t_max.double())
+            t_out = torch.minimum(t_out, t_max.float())
         live = torch.nonzero(t_out >= t_in).reshape(-1)
-        stats.rays_hit += int(live.numel())
-        # Per live ray: pixel, model-space ray, lattice (sample j at base + (k + j) * step), end, cell exit
-        # (adaptive steps stay inside one cell), accumulated premultiplied colour.
+        n = live.numel()
+        stats.rays_hit += int(n)
+        if not n:
+            return out
+        # Per live ray: pixel, model-space ray, lattice (sample j at base + (k + j) * step), end, the exit of the
+        # current cell (adaptive steps stay inside one cell), accumulated premultiplied colour.
         st = _Rays(ray=live, mo=mo[live], md=md[live], base=t_in[live], t_end=t_out[live],
-                   step=torch.full((live.numel(),), dt, dtype=torch.float64),
-                   k=torch.zeros(live.numel(), dtype=torch.float64),
-                   exit=torch.full((live.numel(),), math.inf, dtype=torch.float64),
-                   acc=torch.zeros(live.numel(), 4))
-        total_lattice = float(((st.t_end - st.base) / dt).floor().add(1).sum()) if live.numel() else 0.0
+                   step=torch.full((n,), dt), k=torch.zeros(n), exit=torch.full((n,), math.inf),
+                   acc=torch.zeros(n, 4))
+        total_lattice = float(((st.t_end - st.base) / dt).floor().add(1).sum())
         evaluated = 0
-        seg = torch.arange(s.segment, dtype=torch.float64)
+        seg = torch.arange(s.segment, dtype=torch.float32)
         while st.ray.numel():
             stats.iterations += 1
             if self.cell_opacity is not None:
-                keep = self._skip(st)
-                if not keep.all():
-                    out[st.ray[~keep]] = st.acc[~keep]
-                    st = st.select(keep)
+                self._skip(st)
+                gone = torch.nonzero(st.base + st.k * st.step > st.t_end).reshape(-1)
+                if gone.numel():
+                    out[st.ray[gone]] = st.acc[gone]
+                    st = st.select(torch.nonzero(st.base + st.k * st.step <= st.t_end).reshape(-1))
                     if not st.ray.numel():
                         break
             # The next `segment` lattice samples of every live ray: a (rays, segment) block.
@@ -293,8 +296,7 @@ class _March:
             valid = t <= st.t_end[:, None]
             pos = st.mo[:, None, :] + t[..., None] * st.md[:, None, :]
             if self.cell_opacity is not None:
-                idx, _ = self._cell_index(pos.float())
-                valid &= self.cell_flat[idx] > 0
+                valid &= self.occupied_flat[self._cells(pos)[1]]
                 if s.adaptive_step:  # the stretched step was chosen for the current cell alone
                     valid &= (t < st.exit[:, None]) | (seg == 0)
             contrib, n_eval = self._contributions(pos, t, valid, st)
@@ -305,48 +307,46 @@ class _March:
             else:
                 st.k = st.k + s.segment
             done = (st.base + st.k * st.step > st.t_end) | (st.acc[:, 3] >= s.early_termination)
-            if done.any():
-                out[st.ray[done]] = st.acc[done]
-                st = st.select(~done)
+            finished = torch.nonzero(done).reshape(-1)
+            if finished.numel():
+                out[st.ray[finished]] = st.acc[finished]
+                st = st.select(torch.nonzero(~done).reshape(-1))
         stats.samples += evaluated
         stats.samples_skipped += max(0, int(total_lattice) - evaluated)
         return out
 
-    def _skip(self, st: "_Rays") -> torch.Tensor:
-        """Move every ray whose next sample lies in a transparent cell to the first lattice sample past it
-        (repeatedly: a 3-D DDA over cells). With adaptive steps, also pick the step of the cell each ray is in.
-
-        Returns the mask of rays that still have samples ahead.
+    def _skip(self, st: "_Rays") -> None:
+        """Move every ray whose next sample lies in a transparent cell to the first lattice sample past the block
+        of transparent cells around it (a 3-D DDA that leaps by the cells' distance to the nearest visible cell).
+        With adaptive steps, also give each ray the step of the visible cell it is in.
         """
         s = self.s
-        todo = torch.arange(st.base.numel())
-        for _ in range(4 * int(self.cells_xyz.sum()) + 4):  # a ray crosses at most sum(cells) cells
-            if not todo.numel():
-                break
-            t = st.base[todo] + st.k[todo] * st.step[todo]
-            pos = st.mo[todo] + t[:, None] * st.md[todo]
-            idx, c = self._cell_index(pos.float())
-            op = self.cell_flat[idx]
-            inside = t <= st.t_end[todo]
-            empty = (op <= 0) & inside
+        todo = None  # all rays
+        for _ in range(int(self.cells_xyz.sum()) + 4):  # each leap crosses at least one cell
+            sub = st if todo is None else st.select(todo, ("mo", "md", "base", "k", "step", "t_end"))
+            t = sub.base + sub.k * sub.step
+            c, idx = self._cells(sub.mo + t[:, None] * sub.md)
+            dist = self.distance_flat[idx]
+            inside = t <= sub.t_end
+            empty = (dist > 0) & inside
             if s.adaptive_step:
-                occupied = ~empty & inside
-                if occupied.any():
-                    o = todo[occupied]
-                    stretch = 1.0 + 15.0 * (1.0 - op[occupied].double().clamp(0.1, 1.0)) ** 2
-                    st.base[o], st.k[o], st.step[o] = t[occupied], 0.0, self.dt * stretch
-                    st.exit[o] = self._cell_exit(st.mo[o], st.md[o], c[occupied])
-            if not empty.any():
+                occ = torch.nonzero(~empty & inside).reshape(-1)
+                if occ.numel():
+                    o = occ if todo is None else todo[occ]
+                    op = self.cell_flat[idx[occ]].clamp(0.1, 1.0)
+                    st.base[o], st.k[o] = t[occ], 0.0
+                    st.step[o] = self.dt * (1.0 + 15.0 * (1.0 - op) ** 2)
+                    st.exit[o] = self._block_exit(sub.mo[occ], sub.md[occ], c[occ], torch.ones_like(occ))
+            e_local = torch.nonzero(empty).reshape(-1)
+            if not e_local.numel():
                 break
-            e = todo[empty]
-            t_exit = self._cell_exit(st.mo[e], st.md[e], c[empty])
+            e = e_local if todo is None else todo[e_local]
+            t_exit = self._block_exit(sub.mo[e_local], sub.md[e_local], c[e_local], dist[e_local])
             if s.adaptive_step:
-                # No lattice to keep: continue just past the cell.
-                st.base[e], st.k[e], st.step[e] = t_exit + 1e-9, 0.0, self.dt
+                st.base[e], st.k[e], st.step[e] = t_exit + 1e-4 * self.dt, 0.0, self.dt  # no lattice to keep
             else:
                 st.k[e] = torch.maximum(st.k[e] + 1, ((t_exit - st.base[e]) / st.step[e]).ceil())
             todo = e
-        return st.base + st.k * st.step <= st.t_end
 
     def _contributions(self, pos, t, valid, st: "_Rays"):
         """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing.
@@ -360,28 +360,28 @@ class _March:
         contrib = torch.zeros(flat_valid.numel(), 4)
         if not sel.numel():
             return contrib.reshape(*valid.shape, 4), 0
-        pts = pos.reshape(-1, 3)[sel].float()
+        pts = pos.reshape(-1, 3).index_select(0, sel)
         values = evaluate(self.volume.field, pts, s.chunk_size)
         idx = self.table.indices(values)
-        ray_step = st.step[:, None].expand(valid.shape).reshape(-1)[sel]
-        length = torch.minimum(ray_step, st.t_end[:, None].expand(valid.shape).reshape(-1)[sel] - t.reshape(-1)[sel])
+        rows = sel // valid.shape[1]
+        ray_step = st.step.index_select(0, rows)
+        length = torch.minimum(ray_step, st.t_end.index_select(0, rows) - t.reshape(-1).index_select(0, sel))
         if s.adaptive_step:
             c = self._corrected(idx, length)
         else:
-            c = self.fixed_table[idx]
+            c = self.fixed_table.index_select(0, idx)
             cut = torch.nonzero(length < ray_step).reshape(-1)
             if cut.numel():
                 c[cut] = self._corrected(idx[cut], length[cut])
         if s.shade:
-            world_dir = (st.md / self.scale).float()  # unit world directions of the rays
-            d = world_dir[:, None, :].expand(*valid.shape, 3).reshape(-1, 3)[sel]
-            c = self._phong(pts, c, d)
-        contrib[sel] = c
+            world_dir = (st.md.double() / self.scale).float()  # unit world directions of the rays
+            c = self._phong(pts, c, world_dir.index_select(0, rows))
+        contrib.index_copy_(0, sel, c)
         return contrib.reshape(*valid.shape, 4), int(sel.numel())
 
     def _corrected(self, idx, length):
         """Premultiplied colour of table entries ``idx`` for samples standing for ``length`` world units each."""
-        alpha = -torch.expm1(self.log_transparency[idx] * (length.clamp(min=0) / self.s.opacity_unit_distance).float())
+        alpha = -torch.expm1(self.log_transparency[idx] * (length.clamp(min=0) / self.s.opacity_unit_distance))
         return torch.cat([self.table.rgba[idx, :3] * alpha[:, None], alpha[:, None]], dim=1)
 
     def _phong(self, pts, c, ray_dir):
@@ -404,17 +404,38 @@ class _March:
         return torch.cat([lit.clamp(0, 1) * alpha, alpha], dim=1)
 
 
+def empty_distance(occupied: torch.Tensor) -> torch.Tensor:
+    """Chebyshev distance (in cells) from every cell to the nearest occupied one; 0 on occupied cells.
+
+    A ray in a cell at distance ``d`` can leap to the far side of the ``(2d - 1)^3`` block centred on its cell:
+    every cell of that block is transparent.
+    """
+    occ = occupied.float()[None, None]
+    dist = torch.zeros(occupied.shape, dtype=torch.int64)
+    reach = occ
+    limit = max(occupied.shape) + 1
+    dist[~occupied] = limit  # nothing visible anywhere: leap out of the volume
+    for r in range(1, limit):
+        if bool(reach.all()):
+            break
+        grown = F.max_pool3d(reach, kernel_size=3, stride=1, padding=1)
+        newly = (grown > 0) & ~(reach > 0)
+        dist[newly[0, 0]] = r
+        reach = grown
+    return dist
+
+
 class _Rays:
-    """The live rays' state, compacted together."""
+    """The live rays' state, compacted together with index gathers."""
 
     FIELDS = ("ray", "mo", "md", "base", "t_end", "step", "k", "exit", "acc")
 
     def __init__(self, **tensors):
-        for name in self.FIELDS:
-            setattr(self, name, tensors[name])
+        for name, value in tensors.items():
+            setattr(self, name, value)
 
-    def select(self, mask: torch.Tensor) -> "_Rays":
-        return _Rays(**{name: getattr(self, name)[mask] for name in self.FIELDS})
+    def select(self, index: torch.Tensor, fields=FIELDS) -> "_Rays":
+        return _Rays(**{name: getattr(self, name).index_select(0, index) for name in fields})
 
 
 def _composite(acc: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,60 @@
+"""Shared fixtures: one small trained model per session, and ParaView's environment with one Xvfb."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import paraview_env
+
+
+def analytic_values(geometry) -> np.ndarray:
+    """A smooth field on ``geometry``'s points, ``(nz, ny, nx)``: easy to learn, not symmetric in any axis."""
+    from srn_core.geometry import axis_coordinates
+
+    x, y, z = (a.numpy() for a in axis_coordinates(geometry))
+    b = geometry.bounds
+    u, v, w = ((c - b[2 * i]) / (b[2 * i + 1] - b[2 * i]) * 2 - 1 for i, c in enumerate((x, y, z)))
+    zz, yy, xx = np.meshgrid(w, v, u, indexing="ij")
+    return (np.sin(2.5 * xx + 0.5) * np.cos(2.0 * yy) + 0.8 * zz * zz + 0.3 * xx * yy).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def analytic_volume():
+    """A 32 x 28 x 24 analytic volume with a non-trivial origin and anisotropic spacing."""
+    from srn_core.data import Volume
+    from srn_core.geometry import ImageGeometry
+
+    geometry = ImageGeometry((32, 28, 24), (1.0, -2.0, 0.5), (0.5, 0.25, 1.0))
+    return Volume(analytic_values(geometry), geometry, "density")
+
+
+@pytest.fixture(scope="session")
+def trained_model(analytic_volume, tmp_path_factory):
+    """``(path, model)``: an APMGSRN trained briefly (about 35 dB) on :func:`analytic_volume`, saved as ``.srn``."""
+    from srn_core.fields import field_for_budget
+    from srn_core.training import TrainConfig, train
+
+    field = field_for_budget("apmgsrn", 20_000, analytic_volume.geometry.shape, analytic_volume.value_range)
+    result = train(analytic_volume, field, TrainConfig(steps=150, batch_size=1024, seed=0, device="cpu"))
+    path = tmp_path_factory.mktemp("model") / "density.srn"
+    result.model.save(path)
+    return path, result.model
+
+
+@pytest.fixture(scope="session")
+def pv_display():
+    """One ``Xvfb -noreset`` display for every ParaView test of the session (skips without ParaView)."""
+    reason = paraview_env.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = paraview_env.Xvfb()
+    display = server.start()
+    yield display
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pv_env(pv_display):
+    """Environment for pvpython/pvbatch/mpirun: repository, shim and torch venv on PYTHONPATH, Xvfb display."""
+    return paraview_env.environment(pv_display)
