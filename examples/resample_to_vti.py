@@ -69,7 +69,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     SaveData(args.output, proxy=source)
     write_s = time.perf_counter() - start
-    summary = {"points": int(points), "ranks": int(ranks), "evaluate_s": round(evaluate_s, 4),
+    import torch  # already loaded by the plugin; reported because MPI ranks may get fewer threads
+
+    summary = {"points": int(points), "ranks": int(ranks), "torch_threads": torch.get_num_threads(),
+               "evaluate_s": round(evaluate_s, 4),
                "points_per_s": round(points / evaluate_s, 1), "write_s": round(write_s, 4), "output": args.output}
     print(json.dumps(summary))
     return 0

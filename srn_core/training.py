@@ -50,7 +50,7 @@ class TrainConfig:
     density_start: int = 500
     """Steps before the feature-density loss starts moving APMGSRN's grids (delayed start)."""
     density_stop_fraction: float = 0.8
-    """Fraction of ``steps`` after which the grids are frozen in any case."""
+    """Fraction of ``steps`` (or of ``time_limit``) after which the grids are frozen in any case."""
     density_window: int = 1000
     """Moving-average window (steps) of the density-loss early stop."""
     density_min_improvement: float = 1e-4
@@ -227,7 +227,8 @@ class _TrainState:
         self.aux_optimizer.step()
         self.density_losses.append(float(aux.detach()))
         w = c.density_window
-        if self.step >= c.density_stop_fraction * c.steps:
+        if self.step >= c.density_stop_fraction * c.steps or (
+                c.time_limit is not None and self.seconds >= c.density_stop_fraction * c.time_limit):
             self.frozen_at = self.step
         elif len(self.density_losses) == 2 * w and self.step % 100 == 0:
             history = list(self.density_losses)

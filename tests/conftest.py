@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,15 +36,28 @@ def analytic_volume():
 
 @pytest.fixture(scope="session")
 def trained_model(analytic_volume, tmp_path_factory):
-    """``(path, model)``: an APMGSRN trained briefly (about 35 dB) on :func:`analytic_volume`, saved as ``.srn``."""
+    """``(path, model)``: an APMGSRN trained briefly (about 35 dB) on :func:`analytic_volume`, saved as ``.srn``.
+
+    Training on the CPU is deterministic, so the file is kept between sessions (ctest runs each test file in
+    its own session) under a name that changes with the core's source code.
+    """
     from srn_core.fields import field_for_budget
+    from srn_core.model import NeuralVolume
     from srn_core.training import TrainConfig, train
 
-    field = field_for_budget("apmgsrn", 20_000, analytic_volume.geometry.shape, analytic_volume.value_range)
-    result = train(analytic_volume, field, TrainConfig(steps=150, batch_size=1024, seed=0, device="cpu"))
+    config = TrainConfig(steps=150, batch_size=1024, seed=0, device="cpu")
+    digest = hashlib.sha256(repr((config, analytic_volume.checksum())).encode())
+    for source in sorted((paraview_env.REPO / "srn_core").rglob("*.py")):
+        digest.update(source.read_bytes())
+    cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"density-{digest.hexdigest()[:16]}.srn"
+    if not cache.is_file():
+        field = field_for_budget("apmgsrn", 20_000, analytic_volume.geometry.shape, analytic_volume.value_range)
+        result = train(analytic_volume, field, config)
+        cache.parent.mkdir(exist_ok=True)
+        result.model.save(cache)
     path = tmp_path_factory.mktemp("model") / "density.srn"
-    result.model.save(path)
-    return path, result.model
+    shutil.copyfile(cache, path)
+    return path, NeuralVolume.load(path)
 
 
 @pytest.fixture(scope="session")

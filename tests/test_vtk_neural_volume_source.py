@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from paraview_plugin import NeuralVolumeSource, model_cache
 from srn_core.geometry import ImageGeometry
+from srn_core.model import NeuralVolume
 
 
 class Events:
@@ -90,7 +92,8 @@ def test_pieces_evaluate_only_their_extent_and_stitch_to_the_whole(trained_model
         total += n
         assert events.errors == []
     assert total >= whole.size
-    np.testing.assert_array_equal(stitched, whole)
+    # Up to float32 rounding: pieces send differently sized batches through the network.
+    np.testing.assert_allclose(stitched, whole, rtol=0, atol=1e-5)
 
 
 def source_origin(model, dims):
@@ -107,7 +110,7 @@ def test_update_extent_request_is_honoured(trained_model):
     assert image.GetExtent() == (3, 9, 0, 4, 10, 15)
     assert source.evaluated_points == 7 * 5 * 6
     whole = model.resample(ImageGeometry.from_bounds(model.bounds, dims))
-    np.testing.assert_array_equal(point_values(image), whole[10:16, 0:5, 3:10])
+    np.testing.assert_allclose(point_values(image), whole[10:16, 0:5, 3:10], rtol=0, atol=1e-5)
 
 
 def test_custom_bounds_and_box_setters(trained_model):
@@ -162,15 +165,11 @@ def test_model_is_cached_by_path_and_reloaded_when_the_file_changes(trained_mode
     source.Update()
     before = point_values(source.GetOutputDataObject(0)).copy()
     # Rewrite the file with different weights: the next execution must use them.
-    with __import__("torch").no_grad():
-        for p in model.field.parameters():
+    changed = NeuralVolume.load(path)
+    with torch.no_grad():
+        for p in changed.field.parameters():
             p.add_(0.01)
-    try:
-        model.save(copy)
-    finally:
-        with __import__("torch").no_grad():
-            for p in model.field.parameters():
-                p.sub_(0.01)
+    changed.save(copy)
     source.Modified()
     source.Update()
     after = point_values(source.GetOutputDataObject(0))

@@ -91,7 +91,7 @@ class APMGSRN(Field):
         """Flat-top Gaussian feature density ``(N,)``: how many grid features cover each point, per unit volume."""
         local = self.local_coordinates(points)
         det = torch.linalg.det(self.transforms[:, :3, :3])  # magnification of grid g
-        inside = torch.exp(-0.5 * (local ** self.config.density_exponent).sum(dim=-1))  # (M, N)
+        inside = torch.exp(-0.5 * _even_power(local, self.config.density_exponent).sum(dim=-1))  # (M, N)
         return (det[:, None] / (2 * math.pi) ** 1.5 * inside).sum(dim=0)
 
     def parameter_groups(self, lr: float):
@@ -131,3 +131,15 @@ def aspect_shape(voxels: int, data_shape_zyx) -> tuple[int, int, int]:
         a = max(range(3), key=lambda i: shape[i])
         shape[a] -= 1
     return tuple(shape)  # type: ignore[return-value]
+
+
+def _even_power(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x ** n`` by repeated squaring: a few multiplies instead of ``pow``'s exp/log per element (hot in training)."""
+    result, base = None, x
+    while n:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return result if result is not None else torch.ones_like(x)

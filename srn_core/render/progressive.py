@@ -8,6 +8,7 @@ split into passes whose first is ``1/s^2`` of it: what makes a CPU renderer usab
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -72,7 +73,7 @@ def progressive_render(renderer: Renderer, camera: Camera, tf, width: int, heigh
         full = image.reshape(height, width, 4)
         preview = full if stride == 1 else _fill_from_grid(full, stride)
         total.seconds = time.perf_counter() - start
-        yield ProgressiveFrame(preview, stride, total.seconds, total)
+        yield ProgressiveFrame(preview, stride, total.seconds, dataclasses.replace(total))
         stride //= 2
 
 

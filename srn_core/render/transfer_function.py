@@ -252,8 +252,8 @@ def _interpolate_opacity(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     mid, sharp = points[i, 2], points[i, 3]
     s = np.where(s < mid, 0.5 * s / mid, 0.5 + 0.5 * (s - mid) / (1.0 - mid))
     linear = (1 - s) * v1 + s * v2
-    step = np.where(s < 0.5, v1, v2)
-    # Hermite blend between the two values, tangents shrunk by the sharpness.
+    # Hermite blend between the two values, tangents shrunk by the sharpness. VTK takes this path for every
+    # sharpness of at least 0.01 (above 0.99 it is all but a step), and so do we.
     e = 1.0 + 10.0 * sharp
     with np.errstate(invalid="ignore"):
         sh = np.where(s < 0.5, 0.5 * np.power(np.maximum(s * 2, 0), e),
@@ -262,7 +262,7 @@ def _interpolate_opacity(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     t = (1.0 - sharp) * (v2 - v1)
     hermite = (2 * sss - 3 * ss + 1) * v1 + (-2 * sss + 3 * ss) * v2 + (sss - 2 * ss + sh) * t + (sss - ss) * t
     hermite = np.clip(hermite, np.minimum(v1, v2), np.maximum(v1, v2))
-    out = np.where(sharp > 0.99, step, np.where(sharp < 0.01, linear, hermite))
+    out = np.where(sharp < 0.01, linear, hermite)
     return np.clip(out, 0.0, 1.0)
 
 
@@ -274,7 +274,7 @@ def _interpolate_colors(points: np.ndarray, x: np.ndarray, space: str) -> np.nda
     if space == "RGB":
         out = (1 - s) * c1 + s * c2
     elif space == "STEP":
-        out = np.where(s < 1.0, c1, c2)
+        out = np.where(s > 0.0, c2, c1)  # a node's colour holds from just after the previous node up to it
     elif space == "LAB":
         out = _lab_to_rgb((1 - s) * _rgb_to_lab(c1) + s * _rgb_to_lab(c2))
     elif space == "HSV":
@@ -325,24 +325,33 @@ def _msh_to_lab(msh):
     return np.stack([m * np.cos(s), m * np.sin(s) * np.cos(h), m * np.sin(s) * np.sin(h)], axis=1)
 
 
-def _angle_diff(a, b):
-    d = np.mod(np.abs(a - b), 2 * np.pi)
-    return np.where(d > np.pi, 2 * np.pi - d, d)
+def _signed_angle_diff(a, b):
+    """``a - b`` folded into [-pi, pi] the way VTK (>= 9.6) folds hue differences."""
+    d = a - b
+    pos = np.mod(d, 2 * np.pi)
+    pos = np.where(pos > np.pi, 2 * np.pi - pos, pos)
+    neg = -np.mod(-d, 2 * np.pi)
+    neg = np.where(neg < -np.pi, neg + 2 * np.pi, neg)
+    return np.where(d >= 0, pos, neg)
 
 
 def _adjust_hue(msh, unsat_m):
-    """Hue for an unsaturated end so the path spins away from it (Moreland 2009)."""
+    """Hue for an unsaturated end so the path spins away from it (Moreland 2009, as VTK does it)."""
     m, s, h = msh[:, 0], msh[:, 1], msh[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        spin = np.sin(s) * np.sqrt(np.maximum(unsat_m ** 2 - m ** 2, 0)) / (m * np.sin(s))
+        spin = s * np.sqrt(np.maximum(unsat_m ** 2 - m ** 2, 0)) / (m * np.sin(s))
     spin = np.nan_to_num(spin)
-    return np.where(m >= unsat_m - 0.1, h, np.where(h > -np.pi / 3, h + spin, h - spin))
+    return np.where(m >= unsat_m - 0.1, h, np.where(h > -0.3 * np.pi, h + spin, h - spin))
 
 
 def _interpolate_diverging(c1, c2, s):
-    """Moreland's diverging interpolation in Msh space, through white when the ends differ in hue."""
+    """Moreland's diverging interpolation in Msh space, through white when the ends differ in hue.
+
+    Hue moves along the shorter way round, as in VTK 9.6 and later (older VTK, e.g. ParaView 5.11's, interpolates
+    the hue angle linearly; the two agree unless neighbouring colours straddle the -pi/pi cut).
+    """
     a, b = _lab_to_msh(_rgb_to_lab(c1)), _lab_to_msh(_rgb_to_lab(c2))
-    split = (a[:, 1] > 0.05) & (b[:, 1] > 0.05) & (_angle_diff(a[:, 2], b[:, 2]) > np.pi / 3)
+    split = (a[:, 1] > 0.05) & (b[:, 1] > 0.05) & (np.abs(_signed_angle_diff(a[:, 2], b[:, 2])) > 0.33 * np.pi)
     mid_m = np.maximum(np.maximum(a[:, 0], b[:, 0]), 88.0)
     white = np.stack([mid_m, np.zeros_like(mid_m), np.zeros_like(mid_m)], axis=1)
     first = split & (s < 0.5)
@@ -353,7 +362,9 @@ def _interpolate_diverging(c1, c2, s):
     a_unsat, b_unsat = (a[:, 1] < 0.05) & (b[:, 1] > 0.05), (b[:, 1] < 0.05) & (a[:, 1] > 0.05)
     a[:, 2] = np.where(a_unsat, _adjust_hue(b, a[:, 0]), a[:, 2])
     b[:, 2] = np.where(b_unsat, _adjust_hue(a, b[:, 0]), b[:, 2])
-    return _lab_to_rgb(_msh_to_lab((1 - s)[:, None] * a + s[:, None] * b))
+    msh = (1 - s)[:, None] * a + s[:, None] * b
+    msh[:, 2] = a[:, 2] + s * _signed_angle_diff(b[:, 2], a[:, 2])
+    return _lab_to_rgb(_msh_to_lab(msh))
 
 
 def _rgb_to_hsv(rgb):

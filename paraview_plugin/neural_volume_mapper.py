@@ -1,0 +1,324 @@
+"""NeuralVolumeMapper: draws a neural volume (or any field) into an ordinary ``vtkRenderer``.
+
+VTK volume mappers are C++ classes whose ``Render`` a Python subclass cannot override, so the mapper is a
+VTK Python *image source* feeding a ``vtkImageMapper`` on a ``vtkActor2D`` (:meth:`NeuralVolumeMapper.GetProp`).
+2-D actors are drawn in the renderer's overlay pass, after its opaque geometry, translucent geometry and
+volumes; the image mapper updates its input at that moment, so :meth:`RequestData` reads the depth buffer the
+opaque geometry has just written, stops every ray there (converted to a distance along the ray with the
+camera's clipping range) and composites the model over the frame (the image carries straight alpha, which is
+what the overlay's ``SRC_ALPHA, ONE_MINUS_SRC_ALPHA`` blending expects).
+
+Colour, opacity, ``ScalarOpacityUnitDistance`` and shading come from a ``vtkVolumeProperty`` and the view from
+the renderer's active camera, read on every frame: a change of either (or of the depth buffer) re-renders, an
+unchanged frame reuses the last image. While an interactor drives the window at an interactive update rate,
+the mapper casts only every ``stride``-th ray in each direction (chosen to fit the frame budget from the last
+full render) and interpolates the rest; the still render afterwards is exact.
+
+Usage::
+
+    mapper = NeuralVolumeMapper()
+    mapper.SetFileName("model.srn")          # or SetModel(neural_volume) / SetRenderVolume(...)
+    mapper.SetVolumeProperty(volume_property)
+    mapper.AddToRenderer(renderer)           # adds the prop and follows the renderer's camera
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from vtkmodules.util import numpy_support
+from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
+from vtkmodules.vtkCommonCore import vtkFloatArray
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
+from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline
+from vtkmodules.vtkRenderingCore import vtkActor2D, vtkColorTransferFunction, vtkImageMapper, vtkVolumeProperty
+
+from srn_core.render.camera import Camera
+from srn_core.render.progressive import progressive_render
+from srn_core.render.raymarch import Renderer, RenderSettings, RenderStats
+from srn_core.render.transfer_function import TransferFunction, TransferTable
+from srn_core.render.volume import RenderVolume
+
+TABLE_SIZE = 4096
+
+
+# ---- conversions between VTK objects and the core's ---------------------------------------------------
+def camera_from_vtk(camera) -> Camera:
+    """A core :class:`Camera` equal to a ``vtkCamera`` (position, focal point, view up, angle, projection)."""
+    return Camera(camera.GetPosition(), camera.GetFocalPoint(), camera.GetViewUp(), camera.GetViewAngle(),
+                  bool(camera.GetParallelProjection()), camera.GetParallelScale())
+
+
+def transfer_table_from_vtk(color, opacity, size: int = TABLE_SIZE) -> TransferTable:
+    """Sample a ``vtkColorTransferFunction`` and a ``vtkPiecewiseFunction`` exactly as VTK evaluates them.
+
+    The table spans both functions' ranges; each clamps to its end values outside its own range (VTK's default).
+    """
+    ranges = []
+    if color is not None and color.GetSize() > 0:
+        ranges.append(color.GetRange())
+    if opacity is not None and opacity.GetSize() > 0:
+        ranges.append(opacity.GetRange())
+    if opacity is None or opacity.GetSize() == 0:
+        return TransferTable(0.0, 1.0, np.zeros((2, 4), np.float32))  # no opacity points: nothing is visible
+    lo = min(r[0] for r in ranges)
+    hi = max(r[1] for r in ranges)
+    if not hi > lo:
+        hi = lo + 1.0
+    x = np.linspace(lo, hi, size)
+    rgba = np.zeros((size, 4), np.float32)
+    if color is not None and color.GetSize() > 0:
+        c = np.zeros(3 * size)
+        color.GetTable(lo, hi, size, c)
+        rgba[:, :3] = c.reshape(size, 3)
+        # GetTable samples the function's own points; clamp outside its range like the renderer's lookup does
+        clo, chi = color.GetRange()
+        for end, mask in ((clo, x < clo), (chi, x > chi)):
+            if mask.any():
+                rgba[mask, :3] = np.asarray(color.GetColor(end), np.float32)
+    else:
+        rgba[:, :3] = 1.0
+    a = np.zeros(size)
+    opacity.GetTable(lo, hi, size, a)
+    rgba[:, 3] = a
+    olo, ohi = opacity.GetRange()
+    rgba[x < olo, 3] = opacity.GetValue(olo)
+    rgba[x > ohi, 3] = opacity.GetValue(ohi)
+    return TransferTable(lo, hi, rgba)
+
+
+def volume_property_from_tf(tf: TransferFunction, unit_distance: float = 1.0) -> vtkVolumeProperty:
+    """A ``vtkVolumeProperty`` holding ``tf`` (linear interpolation, no shading): what VTK needs to render the same."""
+    ctf = vtkColorTransferFunction()
+    {"RGB": ctf.SetColorSpaceToRGB, "LAB": ctf.SetColorSpaceToLab, "DIVERGING": ctf.SetColorSpaceToDiverging,
+     "HSV": ctf.SetColorSpaceToHSV, "STEP": ctf.SetColorSpaceToStep}[tf.color_space]()
+    for x, r, g, b in tf.color_points:
+        ctf.AddRGBPoint(float(x), float(r), float(g), float(b))
+    pwf = vtkPiecewiseFunction()
+    for x, a, mid, sharp in tf.opacity_points:
+        pwf.AddPoint(float(x), float(a), float(mid), float(sharp))
+    prop = vtkVolumeProperty()
+    prop.SetColor(ctf)
+    prop.SetScalarOpacity(pwf)
+    prop.SetScalarOpacityUnitDistance(unit_distance)
+    prop.SetInterpolationTypeToLinear()
+    prop.ShadeOff()
+    return prop
+
+
+def depth_to_distance(zbuffer: np.ndarray, camera: Camera, clipping_range, width: int, height: int) -> torch.Tensor:
+    """Window depth values (``(height, width)``, row 0 at the top, 1 = nothing) as distances along each pixel's ray."""
+    near, far = (float(v) for v in clipping_range)
+    z = torch.as_tensor(np.ascontiguousarray(zbuffer, dtype=np.float64))
+    if camera.parallel_projection:
+        eye_depth = near + z * (far - near)
+        dist = eye_depth
+    else:
+        ndc = 2.0 * z - 1.0
+        eye_depth = 2.0 * near * far / ((far + near) - ndc * (far - near))
+        _, dirs = camera.rays(width, height, dtype=torch.float64)
+        forward = torch.tensor(camera.frame()[2], dtype=torch.float64)
+        dist = eye_depth / (dirs @ forward).reshape(height, width)
+    return torch.where(z >= 1.0, torch.full_like(dist, math.inf), dist).float()
+
+
+def _rounded(values):
+    """Camera numbers to 7 significant digits: VTK nudges them in the last bits between identical frames."""
+    if isinstance(values, dict):
+        return tuple((k, _rounded(v)) for k, v in sorted(values.items()))
+    if isinstance(values, (list, tuple)):
+        return tuple(_rounded(v) for v in values)
+    return float(f"{values:.7g}") if isinstance(values, float) else values
+
+
+# ---- the mapper ------------------------------------------------------------------------------------------
+class NeuralVolumeMapper(VTKPythonAlgorithmBase):
+    """Renders a field into the renderer it is added to; see the module docstring."""
+
+    def __init__(self, model=None):
+        super().__init__(nInputPorts=0, nOutputPorts=1, outputType="vtkImageData")
+        self._volume: RenderVolume | None = None
+        self._core: Renderer | None = None
+        self._settings = RenderSettings()
+        self._property: vtkVolumeProperty | None = None
+        self._renderer = None
+        self._observer = None
+        self._signature = None
+        self._depth: np.ndarray | None = None
+        self._image: np.ndarray | None = None  # last straight-alpha RGBA uint8, VTK row order
+        self._size = (1, 1)
+        self._full_seconds = None
+        self._interactive_rate = 1.0
+        self.last_stats: RenderStats | None = None
+        self.last_stride = 1
+        self.render_count = 0
+        self._image_mapper = vtkImageMapper()
+        self._image_mapper.SetInputConnection(self.GetOutputPort())
+        self._image_mapper.SetColorWindow(255.0)
+        self._image_mapper.SetColorLevel(127.5)
+        self._actor = vtkActor2D()
+        self._actor.SetMapper(self._image_mapper)
+        if model is not None:
+            self.SetModel(model)
+
+    # ---- what to render ------------------------------------------------------------------------
+    def SetModel(self, model) -> None:
+        """A :class:`~srn_core.model.NeuralVolume`, a model file path, or a :class:`RenderVolume`."""
+        if isinstance(model, str):
+            from srn_core.model import load_model
+            model = load_model(model)
+        self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
+
+    def SetFileName(self, path: str) -> None:
+        self.SetModel(str(path))
+
+    def SetRenderVolume(self, volume: RenderVolume) -> None:
+        if volume is not self._volume:
+            self._volume = volume
+            self._core, self._signature = None, None
+            self.Modified()
+
+    def GetRenderVolume(self) -> RenderVolume | None:
+        return self._volume
+
+    def SetVolumeProperty(self, prop: vtkVolumeProperty) -> None:
+        """Colour (``GetRGBTransferFunction``), opacity (``GetScalarOpacity``), unit distance and shading."""
+        if prop is not self._property:
+            self._property = prop
+            self.Modified()
+
+    def GetVolumeProperty(self) -> vtkVolumeProperty | None:
+        return self._property
+
+    # ---- sampling options (VTK-style setters over RenderSettings) -------------------------------
+    def _set(self, name, value):
+        if getattr(self._settings, name) != value:
+            setattr(self._settings, name, value)
+            self._settings.__post_init__()
+            self._core, self._signature = None, None
+            self.Modified()
+
+    def SetSampleDistance(self, voxels: float) -> None:
+        """Distance between samples along a ray, in voxels of the model's training grid (default 1)."""
+        self._set("step", float(voxels))
+
+    def GetSampleDistance(self) -> float:
+        return self._settings.step
+
+    def SetEarlyTermination(self, opacity: float) -> None:
+        """Accumulated opacity at which a ray stops (1 disables early termination; default 0.99)."""
+        self._set("early_termination", float(opacity))
+
+    def SetUseMacroCells(self, on: bool) -> None:
+        """Skip transparent macro-cells (default on)."""
+        self._set("macrocells", bool(on))
+
+    def SetInteractiveUpdateRate(self, rate: float) -> None:
+        """A window whose desired update rate is at least this is interacting: cast fewer rays (default 1 fps)."""
+        self._interactive_rate = float(rate)
+
+    # ---- scene -----------------------------------------------------------------------------------
+    def GetProp(self) -> vtkActor2D:
+        """The prop that draws the image (what :meth:`AddToRenderer` adds)."""
+        return self._actor
+
+    def AddToRenderer(self, renderer) -> None:
+        """Draw into ``renderer`` with its active camera, re-rendering whenever the view or the property changes."""
+        self.RemoveFromRenderer()
+        self._renderer = renderer
+        renderer.AddViewProp(self._actor)
+        # Every frame asks for an update; RequestData compares a signature and reuses the image when it can.
+        self._observer = renderer.AddObserver("StartEvent", lambda *args: self.Modified())
+
+    def RemoveFromRenderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.RemoveViewProp(self._actor)
+            if self._observer is not None:
+                self._renderer.RemoveObserver(self._observer)
+        self._renderer, self._observer = None, None
+
+    # ---- pipeline --------------------------------------------------------------------------------
+    def _viewport(self):
+        ren = self._renderer
+        if ren is None or ren.GetRenderWindow() is None:
+            return (0, 0), (1, 1)
+        w, h = ren.GetSize()
+        return tuple(ren.GetOrigin()), (max(1, w), max(1, h))
+
+    def RequestInformation(self, request, inInfo, outInfo):
+        _, (w, h) = self._viewport()
+        outInfo.GetInformationObject(0).Set(vtkStreamingDemandDrivenPipeline.WHOLE_EXTENT(), 0, w - 1, 0, h - 1, 0, 0)
+        return 1
+
+    def RequestData(self, request, inInfo, outInfo):
+        (x0, y0), (w, h) = self._viewport()
+        out = vtkImageData.GetData(outInfo)
+        out.SetExtent(0, w - 1, 0, h - 1, 0, 0)
+        image = self._render(x0, y0, w, h)
+        arr = numpy_support.numpy_to_vtk(image.reshape(-1, 4), deep=1)
+        arr.SetName("NeuralVolumeRGBA")
+        out.GetPointData().SetScalars(arr)
+        return 1
+
+    def _render(self, x0, y0, w, h) -> np.ndarray:
+        empty = np.zeros((h, w, 4), np.uint8)
+        if self._volume is None or self._property is None or self._renderer is None:
+            return empty
+        vcam = self._renderer.GetActiveCamera()
+        camera = camera_from_vtk(vcam)
+        prop = self._property
+        color, opacity = prop.GetRGBTransferFunction(0), prop.GetScalarOpacity(0)
+        window = self._renderer.GetRenderWindow()
+        zbuf = vtkFloatArray()
+        window.GetZbufferData(x0, y0, x0 + w - 1, y0 + h - 1, zbuf)
+        z = numpy_support.vtk_to_numpy(zbuf).reshape(h, w)[::-1]  # row 0 at the top
+        interactive = window.GetDesiredUpdateRate() >= self._interactive_rate
+        stride = self._stride(window.GetDesiredUpdateRate()) if interactive else 1
+        signature = (_rounded(camera.to_dict()), _rounded(vcam.GetClippingRange()), w, h, id(self._volume), color.GetMTime(), opacity.GetMTime(),
+                     prop.GetMTime(), stride)
+        # Depth values of unchanged geometry can differ in the last bit from frame to frame (llvmpipe), so the
+        # depth buffer is compared with a tolerance rather than hashed.
+        same_depth = self._depth is not None and self._depth.shape == z.shape and \
+            float(np.abs(self._depth - z).max(initial=0.0)) <= 1e-5
+        if signature == self._signature and same_depth and self._image is not None:
+            return self._image
+        self._sync_settings(prop)
+        table = transfer_table_from_vtk(color, opacity)
+        depth = depth_to_distance(z, camera, vcam.GetClippingRange(), w, h) if (z < 1).any() else None
+        start = time.perf_counter()
+        frame = next(progressive_render(self._core, camera, table, w, h, start_stride=stride, depth=depth))
+        if stride == 1:
+            self._full_seconds = time.perf_counter() - start
+        self.last_stats, self.last_stride = frame.stats, stride
+        self.render_count += 1
+        rgba = frame.image.numpy()
+        alpha = rgba[..., 3:4]
+        straight = np.where(alpha > 0, rgba[..., :3] / np.maximum(alpha, 1e-12), 0.0)  # the blend multiplies by alpha
+        img = np.concatenate([straight, alpha], axis=2)
+        self._image = np.ascontiguousarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)[::-1])
+        self._signature, self._depth = signature, np.array(z)
+        return self._image
+
+    def _sync_settings(self, prop) -> None:
+        s = self._settings
+        wanted = dict(opacity_unit_distance=float(prop.GetScalarOpacityUnitDistance(0)), shade=bool(prop.GetShade(0)),
+                      ambient=float(prop.GetAmbient(0)), diffuse=float(prop.GetDiffuse(0)),
+                      specular=float(prop.GetSpecular(0)), specular_power=float(prop.GetSpecularPower(0)))
+        for name, value in wanted.items():
+            if getattr(s, name) != value:
+                setattr(s, name, value)
+        if self._core is None or self._core.volume is not self._volume:
+            self._core = Renderer(self._volume, s)
+        self._core.settings = s
+
+    def _stride(self, rate: float) -> int:
+        """Coarsest-needed ray spacing for the frame budget ``1 / rate``, from the last full render's time."""
+        if not self._full_seconds or rate <= 0:
+            return 4
+        stride = 1
+        while self._full_seconds / (stride * stride) > 1.0 / rate and stride < 16:
+            stride *= 2
+        return stride

@@ -1,0 +1,197 @@
+"""TrainNeuralVolume and NeuralVolumeError with the PyPI vtk wheel: results, field data, progress, abort, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from vtkmodules.util.numpy_support import vtk_to_numpy
+from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
+
+from paraview_plugin import NeuralVolumeError, NeuralVolumeSource, TrainNeuralVolume
+from paraview_plugin.vtk_image import image_from_array
+from srn_core import metrics
+from srn_core.geometry import ImageGeometry
+from srn_core.model import NeuralVolume
+
+from test_vtk_neural_volume_source import Events
+
+
+def field_value(image, name):
+    arr = image.GetFieldData().GetAbstractArray(name)
+    return arr.GetValue(0)
+
+
+@pytest.fixture(scope="module")
+def small_image(analytic_volume):
+    """The analytic volume as a vtkImageData (point data ``density``) plus a second point array."""
+    image = image_from_array(analytic_volume.values, analytic_volume.geometry, "density")
+    other = image_from_array(analytic_volume.values * 2, analytic_volume.geometry, "double")
+    image.GetPointData().AddArray(other.GetPointData().GetArray("double"))
+    return image
+
+
+def make_trainer(image, path, steps=60, array=("density", vtkDataObject.FIELD_ASSOCIATION_POINTS)):
+    trainer = TrainNeuralVolume()
+    trainer.SetInputDataObject(0, image)
+    if array is not None:
+        trainer.SetInputArrayToProcess(0, 0, 0, array[1], array[0])
+    trainer.SetModelFileName(str(path))
+    trainer.SetSteps(steps)
+    trainer.SetBatchSize(1024)
+    trainer.SetParameterBudget(20_000)
+    trainer.SetDevice("cpu")
+    return trainer, Events(trainer)
+
+
+def test_training_writes_the_model_and_outputs_its_reconstruction(small_image, analytic_volume, tmp_path):
+    path = tmp_path / "trained.srn"
+    trainer, events = make_trainer(small_image, path, steps=100)
+    progress = []
+    trainer.AddObserver("ProgressEvent", lambda o, e: progress.append(o.GetProgress()))
+    trainer.Update()
+    assert events.errors == [] and events.warnings == []
+    out = trainer.GetOutputDataObject(0)
+    assert out.GetExtent() == small_image.GetExtent()
+    assert out.GetOrigin() == small_image.GetOrigin() and out.GetSpacing() == small_image.GetSpacing()
+    recon = vtk_to_numpy(out.GetPointData().GetScalars()).reshape(analytic_volume.values.shape)
+    assert out.GetPointData().GetScalars().GetName() == "density"
+    model = NeuralVolume.load(path)
+    assert model.array_name == "density" and model.geometry == analytic_volume.geometry
+    np.testing.assert_array_equal(recon, model.resample())
+    psnr = field_value(out, "PSNR")
+    assert psnr == pytest.approx(metrics.psnr(analytic_volume.values, recon), abs=1e-6)
+    assert psnr > 28.0  # 100 steps on a smooth 32x28x24 field
+    assert field_value(out, "CompressionRatio") == pytest.approx(analytic_volume.geometry.num_points
+                                                                 / model.num_parameters)
+    assert field_value(out, "NumberOfParameters") == model.num_parameters <= 20_000
+    assert field_value(out, "TrainingSteps") == 100
+    assert field_value(out, "ModelFileName") == str(path)
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress) and len(progress) > 5
+    # Unchanged: no retraining; the same settings re-set are not a modification.
+    mtime = path.stat().st_mtime_ns
+    trainer.SetSteps(100)
+    trainer.Update()
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_cell_data_is_learned_on_cell_centres(small_image, tmp_path):
+    cells = vtkImageData()
+    cells.CopyStructure(small_image)
+    g = ImageGeometry(tuple(d - 1 for d in small_image.GetDimensions()))
+    values = np.arange(g.num_points, dtype=np.float32).reshape(g.shape) % 7
+    cells.GetCellData().SetScalars(image_from_array(values, g, "label").GetPointData().GetScalars())
+    trainer, events = make_trainer(cells, tmp_path / "cells.srn", steps=5,
+                                   array=("label", vtkDataObject.FIELD_ASSOCIATION_CELLS))
+    trainer.Update()
+    assert events.errors == []
+    out = trainer.GetOutputDataObject(0)
+    assert out.GetCellData().GetArray("label").GetNumberOfTuples() == g.num_points
+    assert out.GetPointData().GetNumberOfArrays() == 0
+    model = NeuralVolume.load(tmp_path / "cells.srn")
+    origin = np.array(small_image.GetOrigin()) + 0.5 * np.array(small_image.GetSpacing())
+    np.testing.assert_allclose(model.geometry.origin, origin)
+
+
+def test_abort_stops_training_and_writes_nothing(small_image, tmp_path):
+    path = tmp_path / "aborted.srn"
+    trainer, events = make_trainer(small_image, path, steps=10_000)
+    trainer.AddObserver("ProgressEvent", lambda o, e: o.SetAbortExecute(1) if o.GetProgress() > 0 else None)
+    trainer.Update()
+    assert not path.exists()
+    assert events.errors == []
+    assert len(events.warnings) == 1 and "aborted" in events.warnings[0] and "No model was written" in events.warnings[0]
+    assert trainer.GetOutputDataObject(0).GetNumberOfPoints() == 0
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    ("ModelFileName", "", "ModelFileName is empty"),
+    ("ModelFileName", "/no/such/folder/m.srn", "the folder '/no/such/folder' does not exist"),
+    ("Steps", 0, "steps must be a positive integer, got 0"),
+    ("ParameterBudget", 10, "ParameterBudget must be at least 1000, got 10"),
+    ("Architecture", "nonsense", "unknown model architecture 'nonsense'"),
+])
+def test_bad_training_settings_fail_cleanly(small_image, tmp_path, setting, value, expected):
+    trainer, events = make_trainer(small_image, tmp_path / "m.srn")
+    getattr(trainer, f"Set{setting}")(value)
+    assert trainer.Update() == 1
+    assert len(events.errors) == 1 and expected in events.errors[0], events.errors
+    assert events.errors[0].startswith("TrainNeuralVolume: ")
+    assert trainer.GetOutputDataObject(0).GetNumberOfPoints() == 0
+    assert not (tmp_path / "m.srn").exists()
+
+
+def test_unknown_array_fails_cleanly(small_image, tmp_path):
+    trainer, events = make_trainer(small_image, tmp_path / "m.srn", array=("nope", 0))
+    trainer.Update()
+    assert len(events.errors) == 1 and "array 'nope'" in events.errors[0]
+
+
+# ---- NeuralVolumeError ----------------------------------------------------------------------------
+
+def check_error_output(out, reference, recon):
+    signed = vtk_to_numpy(out.GetPointData().GetArray("SignedError")).reshape(reference.shape)
+    absolute = vtk_to_numpy(out.GetPointData().GetArray("AbsoluteError")).reshape(reference.shape)
+    assert out.GetPointData().GetScalars().GetName() == "AbsoluteError"
+    np.testing.assert_allclose(signed, recon - reference, atol=1e-6)
+    np.testing.assert_allclose(absolute, np.abs(recon - reference), atol=1e-6)
+    assert field_value(out, "PSNR") == pytest.approx(metrics.psnr(reference, recon), abs=1e-9)
+    assert field_value(out, "MaxError") == pytest.approx(metrics.max_abs_error(reference, recon), rel=1e-6)
+    assert field_value(out, "SSIM") == pytest.approx(metrics.ssim(reference, recon), abs=1e-9)
+    assert field_value(out, "MSE") == pytest.approx(metrics.mse(reference, recon), rel=1e-9)
+    assert field_value(out, "DataRange") == pytest.approx(metrics.data_range(reference), rel=1e-9)
+
+
+def test_error_against_a_model_file(small_image, analytic_volume, trained_model):
+    path, model = trained_model
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    error.SetInputArrayToProcess(0, 0, 0, vtkDataObject.FIELD_ASSOCIATION_POINTS, "density")
+    error.SetModelFileName(str(path))
+    events = Events(error)
+    error.Update()
+    assert events.errors == [] and events.warnings == []
+    out = error.GetOutputDataObject(0)
+    assert out.GetExtent() == small_image.GetExtent()
+    check_error_output(out, analytic_volume.values, model.resample())
+    assert 30 < error.metrics["PSNR"] < 60 and 0 < error.metrics["SSIM"] <= 1
+
+
+def test_error_against_a_second_input(small_image, analytic_volume, trained_model):
+    path, model = trained_model
+    source = NeuralVolumeSource()
+    source.SetFileName(str(path))
+    source.SetSamplingDimensions(*analytic_volume.geometry.dims)
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    error.SetInputConnection(1, source.GetOutputPort())
+    events = Events(error)
+    error.Update()  # reference array defaults to the active scalars ("density")
+    assert events.errors == []
+    check_error_output(error.GetOutputDataObject(0), analytic_volume.values, model.resample())
+
+
+def test_error_needs_something_to_compare_and_matching_grids(small_image, trained_model):
+    path, _ = trained_model
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    events = Events(error)
+    error.Update()
+    assert len(events.errors) == 1 and "connect a reconstruction to input 1 or set ModelFileName" in events.errors[0]
+    source = NeuralVolumeSource()
+    source.SetFileName(str(path))
+    source.SetSamplingDimensions(10, 10, 10)
+    error.SetInputConnection(1, source.GetOutputPort())
+    error.Update()
+    assert len(events.errors) == 2 and "is not on the reference's grid" in events.errors[1]
+    assert error.GetOutputDataObject(0).GetNumberOfPoints() == 0
+
+
+def test_identical_inputs_give_infinite_psnr(small_image):
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    error.SetInputDataObject(1, small_image)
+    error.Update()
+    assert error.metrics["PSNR"] == math.inf and error.metrics["MaxError"] == 0.0
+    assert error.metrics["SSIM"] == pytest.approx(1.0)
