@@ -17,7 +17,7 @@ from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
 from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
 
 # Exceptions that mean "the input or a setting is wrong": reported as their message alone.
-USER_ERRORS = (ValueError, OSError, ImportError, MemoryError, TypeError)
+USER_ERRORS = (ValueError, OSError, ImportError, MemoryError)
 
 
 class NeuralAlgorithmBase(VTKPythonAlgorithmBase):

@@ -68,25 +68,17 @@ def transfer_table_from_vtk(color, opacity, size: int = TABLE_SIZE) -> TransferT
     hi = max(r[1] for r in ranges)
     if not hi > lo:
         hi = lo + 1.0
-    x = np.linspace(lo, hi, size)
     rgba = np.zeros((size, 4), np.float32)
+    # GetTable clamps to the end values outside a function's own range (VTK's default Clamping on)
     if color is not None and color.GetSize() > 0:
         c = np.zeros(3 * size)
         color.GetTable(lo, hi, size, c)
         rgba[:, :3] = c.reshape(size, 3)
-        # GetTable samples the function's own points; clamp outside its range like the renderer's lookup does
-        clo, chi = color.GetRange()
-        for end, mask in ((clo, x < clo), (chi, x > chi)):
-            if mask.any():
-                rgba[mask, :3] = np.asarray(color.GetColor(end), np.float32)
     else:
         rgba[:, :3] = 1.0
     a = np.zeros(size)
     opacity.GetTable(lo, hi, size, a)
     rgba[:, 3] = a
-    olo, ohi = opacity.GetRange()
-    rgba[x < olo, 3] = opacity.GetValue(olo)
-    rgba[x > ohi, 3] = opacity.GetValue(ohi)
     return TransferTable(lo, hi, rgba)
 
 
@@ -123,6 +115,14 @@ def depth_to_distance(zbuffer: np.ndarray, camera: Camera, clipping_range, width
         forward = torch.tensor(camera.frame()[2], dtype=torch.float64)
         dist = eye_depth / (dirs @ forward).reshape(height, width)
     return torch.where(z >= 1.0, torch.full_like(dist, math.inf), dist).float()
+
+
+_ATTACHED: dict[str, "NeuralVolumeMapper"] = {}
+"""Mappers by the renderer they draw into (scripts and macros run in fresh namespaces; this module persists)."""
+
+
+def _key(renderer) -> str:
+    return renderer.GetAddressAsString("vtkObject")
 
 
 def _rounded(values):
@@ -226,19 +226,33 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         return self._actor
 
     def AddToRenderer(self, renderer) -> None:
-        """Draw into ``renderer`` with its active camera, re-rendering whenever the view or the property changes."""
+        """Draw into ``renderer`` with its active camera, re-rendering whenever the view or the property changes.
+
+        One mapper per renderer: another one already attached there is removed first.
+        """
+        other = NeuralVolumeMapper.FindInRenderer(renderer)
+        if other is not None and other is not self:
+            other.RemoveFromRenderer()
         self.RemoveFromRenderer()
         self._renderer = renderer
         renderer.AddViewProp(self._actor)
         # Every frame asks for an update; RequestData compares a signature and reuses the image when it can.
         self._observer = renderer.AddObserver("StartEvent", lambda *args: self.Modified())
+        _ATTACHED[_key(renderer)] = self
 
     def RemoveFromRenderer(self) -> None:
         if self._renderer is not None:
             self._renderer.RemoveViewProp(self._actor)
             if self._observer is not None:
                 self._renderer.RemoveObserver(self._observer)
+            if _ATTACHED.get(_key(self._renderer)) is self:
+                del _ATTACHED[_key(self._renderer)]
         self._renderer, self._observer = None, None
+
+    @staticmethod
+    def FindInRenderer(renderer) -> "NeuralVolumeMapper | None":
+        """The mapper drawing into ``renderer``, if any (how a ParaView macro finds the one it attached earlier)."""
+        return _ATTACHED.get(_key(renderer))
 
     # ---- pipeline --------------------------------------------------------------------------------
     def _viewport(self):

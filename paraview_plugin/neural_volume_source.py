@@ -69,6 +69,7 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
     def __init__(self):
         NeuralAlgorithmBase.__init__(self, SourceConfig(), nInputPorts=0, nOutputPorts=1, outputType="vtkImageData")
         self._plan = None  # (model, model key, geometry) from the last RequestInformation, None after an error
+        self._info_error = None  # the problem RequestInformation found, reported by RequestData
         self._last = None  # (request key, vtk array) of the last evaluation
         self.evaluations = 0
         """How many times the model was evaluated (tests use it to check that nothing runs twice)."""
@@ -156,6 +157,7 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
     def RequestInformation(self, request, inInfo, outInfo):
         info = outInfo.GetInformationObject(0)
         self._plan = None
+        self._info_error = None
         try:
             c = self._config
             try:
@@ -166,8 +168,10 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             check_chunk_size(c.chunk_size)
             model, key = model_cache.load_cached(c.file_name, c.device)
             geometry = self.output_geometry(model)
-        except Exception as exc:  # one clear message, an empty output, no crash
-            self.error(exc)
+        except Exception as exc:
+            # Reported by RequestData, which always follows when data is wanted: a GUI that only asks for
+            # information (a freshly created source without a file yet) shows no error.
+            self._info_error = exc
             info.Set(SDDP.WHOLE_EXTENT(), EMPTY_EXTENT, 6)
             return 1
         self._plan = (model, key, geometry)
@@ -181,8 +185,11 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
 
     def RequestData(self, request, inInfo, outInfo):
         output = vtkImageData.GetData(outInfo)
-        if self._plan is None:  # RequestInformation already reported the problem
+        if self._plan is None:  # RequestInformation found a problem: one clear message, an empty output
             output.Initialize()
+            if self._info_error is not None:
+                self.error(self._info_error)
+                self._info_error = None
             return 1
         model, key, geometry = self._plan
         extent = tuple(outInfo.GetInformationObject(0).Get(SDDP.UPDATE_EXTENT()))

@@ -46,7 +46,7 @@ class TrainSettings:
     seed: int = 0
     time_limit: float = 0.0
     """Seconds after which training stops with the model so far (0: no limit)."""
-    mask_nonfinite: bool = False
+    mask_non_finite: bool = False
     """Exclude NaN/Inf input values from training and metrics instead of refusing the input."""
     device: str = "auto"
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -130,7 +130,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         self._set(time_limit=float(seconds))
 
     def SetMaskNonFinite(self, flag):
-        self._set(mask_nonfinite=bool(flag))
+        self._set(mask_non_finite=bool(flag))
 
     def SetDevice(self, device):
         self._set(device=str(device or "auto"))
@@ -156,7 +156,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             if c.parameter_budget < 1000:
                 raise ValueError(f"ParameterBudget must be at least 1000, got {c.parameter_budget}.")
             name, association = selected_array(self, 0)
-            volume = volume_from_image(image, name, c.mask_nonfinite, association)
+            volume = volume_from_image(image, name, c.mask_non_finite, association)
             used = association or ("point" if volume.name in array_names(image)["point"] else "cell")
             config = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate, seed=c.seed,
                                  device=c.device, time_limit=c.time_limit if c.time_limit > 0 else None)
@@ -167,6 +167,8 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                 self.UpdateProgress(0.95 * state.step / max(1, state.steps))
                 return bool(self.CheckAbort())
 
+            # An abort request ends this execution only; the flag is not reset by VTK itself.
+            self.SetAbortExecute(0)
             self.UpdateProgress(0.0)
             try:
                 result = train(volume, field, config, callback=progress,

@@ -126,6 +126,10 @@ class Xvfb:
         self.process = None
 
 
+__all__ = ["REPO", "SHIM_DIR", "XML_DIR", "PLUGIN_FILE", "pvvenv_site_packages", "find", "missing_reason",
+           "environment", "mpirun_command", "run", "Xvfb"]
+
+
 def main(argv: list[str]) -> int:
     """``python tests/paraview_env.py CMD ARGS...``: run CMD with the ParaView environment and an Xvfb."""
     if not argv:
@@ -151,6 +155,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-__all__ = ["REPO", "SHIM_DIR", "XML_DIR", "PLUGIN_FILE", "pvvenv_site_packages", "find", "missing_reason",
-           "environment", "mpirun_command", "run", "Xvfb"]

@@ -97,12 +97,17 @@ def test_cell_data_is_learned_on_cell_centres(small_image, tmp_path):
 def test_abort_stops_training_and_writes_nothing(small_image, tmp_path):
     path = tmp_path / "aborted.srn"
     trainer, events = make_trainer(small_image, path, steps=10_000)
-    trainer.AddObserver("ProgressEvent", lambda o, e: o.SetAbortExecute(1) if o.GetProgress() > 0 else None)
+    tag = trainer.AddObserver("ProgressEvent", lambda o, e: o.SetAbortExecute(1) if o.GetProgress() > 0 else None)
     trainer.Update()
     assert not path.exists()
     assert events.errors == []
     assert len(events.warnings) == 1 and "aborted" in events.warnings[0] and "No model was written" in events.warnings[0]
     assert trainer.GetOutputDataObject(0).GetNumberOfPoints() == 0
+    # The next execution trains normally.
+    trainer.RemoveObserver(tag)
+    trainer.SetSteps(3)
+    trainer.Update()
+    assert path.exists() and trainer.GetOutputDataObject(0).GetNumberOfPoints() > 0 and len(events.warnings) == 1
 
 
 @pytest.mark.parametrize("setting, value, expected", [

@@ -51,6 +51,8 @@ class FVSRNConfig:
 
 
 class FVSRN(Field):
+    """One dense feature grid and Fourier features of the point, decoded by a bias-free ReLU MLP."""
+
     architecture = "fvsrn"
     Config = FVSRNConfig
 
@@ -75,7 +77,7 @@ class FVSRN(Field):
         """tiny-cuda-nn ``Frequency`` features ``(N, 6 L)`` of ``(x + 1) / 2``: axis-major, then frequency, sin/cos."""
         x01 = (points + 1.0) * 0.5
         phase = x01.unsqueeze(-1) * self.frequencies  # (N, 3, L)
-        return torch.stack([torch.sin(phase), torch.cos(phase)], dim=-1).reshape(points.shape[0], -1)
+        return torch.stack([torch.sin(phase), torch.cos(phase)], dim=-1).reshape(points.shape[0], 6 * phase.shape[-1])
 
     def normalized(self, points: torch.Tensor) -> torch.Tensor:
         feats = torch.cat([self.grid_features(points), self.fourier_features(points)], dim=1)

@@ -80,6 +80,8 @@ class ResidualSineLayer(nn.Module):
 
 
 class SIREN(Field):
+    """Neurcomp's residual SIREN: sine layers on the (scaled) coordinates, a linear output layer, biases on."""
+
     architecture = "siren"
     Config = SIRENConfig
 

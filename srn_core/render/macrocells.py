@@ -1,10 +1,11 @@
 """Macro-cells: a coarse grid of the field's value ranges, and per transfer function the most opaque a cell can be.
 
 The volume's voxel lattice is cut into cells of ``cell_size`` voxels per edge; cell ``c`` covers voxel points
-``c*C ... (c+1)*C`` *inclusive* (neighbours share a face: the one-sample apron), so every sample the trilinear
-raw-data interpolant takes inside a cell is bounded by the cell's range exactly. A neural field is bounded only
-where it was sampled, so its ranges are widened by ``margin`` (a fraction of the value range). Ranges are built
-once per field (:func:`macrocells_for` caches them); the per-transfer-function max opacity costs microseconds.
+``c*C ... (c+1)*C`` *inclusive* (neighbours share a face), so every sample the trilinear raw-data interpolant
+takes inside a cell is bounded by the cell's range exactly. A neural field is bounded only where it was
+sampled: it is sampled on a coarser lattice, each cell also takes the lattice points just outside it (an
+apron), and its ranges are widened by ``margin`` (a fraction of the value range). Ranges are built once per
+field (:func:`macrocells_for` caches them); the per-transfer-function max opacity costs microseconds.
 """
 
 from __future__ import annotations
@@ -67,49 +68,71 @@ def cell_counts(dims, cell_size: int) -> tuple[int, int, int]:
 
 
 def build_macrocells(volume: RenderVolume, cell_size: int = DEFAULT_CELL_SIZE, margin: float | None = None,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> MacroCells:
-    """Evaluate the field on every voxel point, slab by slab of cells, and keep each cell's min and max.
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, stride: int | None = None) -> MacroCells:
+    """Evaluate the field on a lattice of voxel points and keep each cell's min and max.
 
-    ``margin`` widens every range by that fraction of the field's overall range (default: 0 for raw grids,
-    :data:`DEFAULT_MARGIN` for anything else), covering what a network does between the points it was sampled at.
-    Memory stays at one slab of ``cell_size + 1`` voxel slices.
+    Raw grids (:func:`~.volume.grid_field`) are sampled at every voxel and their ranges are exact. Any other
+    field is sampled every ``stride`` voxels (default 2 for cells of 8 voxels or more: an eighth of the evaluations
+of the full grid; 1 for smaller cells, where a 2-voxel apron would cover too much), each
+    cell also takes the samples one lattice step outside it (an apron covering what lies between samples), and
+    every range is widened by ``margin`` (default :data:`DEFAULT_MARGIN`) of the overall value range.
+    Memory stays at a few lattice planes.
     """
     import time
 
     if int(cell_size) != cell_size or cell_size < 1:
         raise ValueError(f"cell_size must be a positive integer of voxels, got {cell_size!r}.")
     chunk_size = check_chunk_size(chunk_size)
-    start = time.perf_counter()
-    nx, ny, nz = volume.dims
-    cx, cy, cz = cell_counts(volume.dims, cell_size)
-    c = int(cell_size)
-    xs = torch.linspace(-1.0, 1.0, nx)
-    ys = torch.linspace(-1.0, 1.0, ny)
-    zs = torch.linspace(-1.0, 1.0, nz)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    plane = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)  # (ny*nx, 2), x fastest
-    vmin = torch.empty(cz, cy, cx)
-    vmax = torch.empty(cz, cy, cx)
-    samples = 0
-    for k in range(cz):
-        z0, z1 = k * c, min((k + 1) * c, nz - 1)
-        slab = []
-        for z in range(z0, z1 + 1):
-            pts = torch.cat([plane, zs[z].expand(plane.shape[0], 1)], dim=1)
-            slab.append(evaluate(volume.field, pts, chunk_size).reshape(ny, nx))
-            samples += pts.shape[0]
-        slab_t = torch.stack(slab)[None, None]  # (1, 1, z, ny, nx)
-        # Pad by replication so every cell window is full; max-pool windows of C+1 points with stride C give the
-        # inclusive (apron) ranges.
-        pad = (0, cx * c + 1 - nx, 0, cy * c + 1 - ny, 0, c + 1 - slab_t.shape[2])
-        slab_t = F.pad(slab_t, pad, mode="replicate")
-        hi = F.max_pool3d(slab_t, kernel_size=c + 1, stride=c)[0, 0]
-        lo = -F.max_pool3d(-slab_t, kernel_size=c + 1, stride=c)[0, 0]
-        vmax[k], vmin[k] = hi[0], lo[0]
+    exact = getattr(volume.field, "volume", None) is not None
+    if stride is None:
+        stride = 2 if not exact and cell_size >= 8 and cell_size % 2 == 0 else 1
+    if int(stride) != stride or stride < 1 or cell_size % stride:
+        raise ValueError(f"macro-cell stride must be a positive divisor of cell_size {cell_size}, got {stride!r}.")
     if margin is None:
-        margin = 0.0 if getattr(volume.field, "volume", None) is not None else DEFAULT_MARGIN
+        margin = 0.0 if exact else DEFAULT_MARGIN
     if margin < 0:
         raise ValueError(f"macro-cell margin must be a non-negative fraction of the value range, got {margin!r}.")
+    start = time.perf_counter()
+    c, s = int(cell_size), int(stride)
+    per = c // s  # lattice steps per cell
+    apron = 0 if exact and s == 1 else 1
+    cells = cell_counts(volume.dims, c)  # (cx, cy, cz)
+    # Lattice coordinates per axis: voxel 0, s, 2s, ... up to the last cell's far face, clamped to the volume.
+    axes = []
+    for a in range(3):
+        idx = torch.arange(0, cells[a] * per + 1) * s
+        idx = idx.clamp(max=volume.dims[a] - 1).double()
+        axes.append((idx * (2.0 / (volume.dims[a] - 1)) - 1.0).float())
+    xs, ys, zs = axes
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    plane = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    planes: dict[int, torch.Tensor] = {}
+    samples = 0
+
+    def lattice_plane(k: int) -> torch.Tensor:
+        nonlocal samples
+        k = min(max(k, 0), len(zs) - 1)  # the apron beyond the volume repeats its face
+        if k not in planes:
+            pts = torch.cat([plane, zs[k].expand(plane.shape[0], 1)], dim=1)
+            planes[k] = evaluate(volume.field, pts, chunk_size).reshape(len(ys), len(xs))
+            samples += pts.shape[0]
+        return planes[k]
+
+    cx, cy, cz = cells
+    vmin = torch.empty(cz, cy, cx)
+    vmax = torch.empty(cz, cy, cx)
+    window = per + 1 + 2 * apron
+    for k in range(cz):
+        first = k * per - apron
+        slab = torch.stack([lattice_plane(first + i) for i in range(window)])[None, None]
+        for old in [key for key in planes if key < first + per]:
+            del planes[old]  # the next layer starts at first + per
+        if apron:
+            slab = F.pad(slab, (apron, apron, apron, apron, 0, 0), mode="replicate")
+        # windows of per + 1 (+ apron) lattice points with stride per: each cell's points, shared faces included
+        hi = F.max_pool3d(slab, kernel_size=window, stride=per)[0, 0]
+        lo = -F.max_pool3d(-slab, kernel_size=window, stride=per)[0, 0]
+        vmax[k], vmin[k] = hi[0], lo[0]
     span = float(vmax.max() - vmin.min())
     vmin -= margin * span
     vmax += margin * span

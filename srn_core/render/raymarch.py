@@ -217,6 +217,7 @@ class _March:
     def __init__(self, volume: RenderVolume, table: TransferTable, settings: RenderSettings, dt: float,
                  cell_opacity: torch.Tensor | None):
         self.volume, self.table, self.s, self.dt = volume, table, settings, dt
+        self.field_seconds = 0.0
         b = torch.tensor(volume.bounds, dtype=torch.float64).reshape(3, 2)
         self.lo = b[:, 0]
         self.scale = 2.0 / (b[:, 1] - b[:, 0])  # world -> model cube
@@ -313,6 +314,7 @@ class _March:
                 st = st.select(torch.nonzero(~done).reshape(-1))
         stats.samples += evaluated
         stats.samples_skipped += max(0, int(total_lattice) - evaluated)
+        stats.field_seconds = self.field_seconds
         return out
 
     def _skip(self, st: "_Rays") -> None:
@@ -361,7 +363,9 @@ class _March:
         if not sel.numel():
             return contrib.reshape(*valid.shape, 4), 0
         pts = pos.reshape(-1, 3).index_select(0, sel)
+        t0 = time.perf_counter()
         values = evaluate(self.volume.field, pts, s.chunk_size)
+        self.field_seconds += time.perf_counter() - t0
         idx = self.table.indices(values)
         rows = sel // valid.shape[1]
         ray_step = st.step.index_select(0, rows)
@@ -390,7 +394,9 @@ class _March:
         h = (2.0 / (self.dims - 1)).float()  # one voxel in model units, per axis
         offsets = torch.diag(h)
         probes = torch.cat([pts + offsets[a] for a in range(3)] + [pts - offsets[a] for a in range(3)])
+        t0 = time.perf_counter()
         v = evaluate(self.volume.field, probes.clamp(-1.0, 1.0), s.chunk_size).reshape(6, -1)
+        self.field_seconds += time.perf_counter() - t0
         world_h = (h.double() / self.scale).float()  # one voxel in world units
         grad = ((v[:3] - v[3:]) / (2 * world_h[:, None])).t()
         norm = grad.norm(dim=1, keepdim=True)
