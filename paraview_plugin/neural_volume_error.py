@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from vtkmodules.vtkCommonDataModel import vtkImageData
-from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm
+from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
 from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
@@ -76,6 +76,21 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         self._set(chunk_size=int(chunk_size))
 
     # ---- pipeline ------------------------------------------------------------------------------
+    def RequestUpdateExtent(self, request, inInfo, outInfo):
+        """Ask the reconstruction for the reference's extent when both have the same whole extent.
+
+        Otherwise ask for all of it, so that a grid mismatch reaches RequestData (one clear error) instead of
+        the executive rejecting an extent outside the input's whole extent.
+        """
+        extent = outInfo.GetInformationObject(0).Get(SDDP.UPDATE_EXTENT())
+        reference = inInfo[0].GetInformationObject(0)
+        reference.Set(SDDP.UPDATE_EXTENT(), extent, 6)
+        if inInfo[1].GetNumberOfInformationObjects() > 0:
+            other = inInfo[1].GetInformationObject(0)
+            same = tuple(other.Get(SDDP.WHOLE_EXTENT())) == tuple(reference.Get(SDDP.WHOLE_EXTENT()))
+            other.Set(SDDP.UPDATE_EXTENT(), extent if same else other.Get(SDDP.WHOLE_EXTENT()), 6)
+        return 1
+
     def RequestData(self, request, inInfo, outInfo):
         output = vtkImageData.GetData(outInfo)
         output.Initialize()

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--ratio", type=float, default=100.0, help="target compression vs float32 (default 100)")
     p.add_argument("--steps", type=positive_int, default=10_000, help="maximum steps (default 10000)")
     p.add_argument("--batch-size", type=positive_int, default=1 << 16, help="points per step (default 65536)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the architecture's, 0.01 for grid models)")
     p.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -39,8 +39,8 @@ class TrainConfig:
     """Maximum optimisation steps."""
     batch_size: int = 1 << 16
     """Random points per step."""
-    lr: float = 0.01
-    """Adam learning rate of grids and decoder (the paper's 0.01)."""
+    lr: float | None = None
+    """Adam learning rate of grids and decoder; ``None``: the architecture's ``default_lr`` (0.01 for grid models)."""
     seed: int = 0
     """Seeds initialisation and sampling: the same seed on CPU gives the same model bit for bit."""
     device: str = "auto"
@@ -66,7 +66,7 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if not (self.lr > 0):
+        if self.lr is not None and not (self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}.")
         if self.time_limit is not None and not (self.time_limit > 0):
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit!r}.")
@@ -113,6 +113,8 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
     checkpoint is written and :class:`TrainingInterrupted` raised).
     """
     device = resolve_device(config.device)
+    if config.lr is None:
+        config = dataclasses.replace(config, lr=field.default_lr)
     state = _TrainState(volume, field, config, device)
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         state.load(checkpoint)

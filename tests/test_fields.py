@@ -16,19 +16,9 @@ from srn_core.fields import FIELDS, build_field, field_for_budget
 ARCHS = ["fvsrn", "ngp", "siren", "apmgsrn"]
 SHAPES = {"cubic": (128, 128, 128), "non-cubic": (128, 206, 168)}  # (nz, ny, nx); the second is inia19's
 
-# apmgsrn.config_for_budget sizes its grids with aspect_shape, which only shrinks the largest axis and can land
-# up to 11 % short of the budget; fvsrn.fit_grid_shape fixes that (see the report for the one-line change).
-APMGSRN_SHORT = pytest.mark.xfail(reason="apmgsrn's aspect_shape can undershoot the budget by more than 2 %",
-                                  strict=False)
-
-
-def arch_params(marks_for_apmgsrn=()):
-    return [pytest.param(a, marks=marks_for_apmgsrn) if a == "apmgsrn" else a for a in ARCHS]
-
-
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
 @pytest.mark.parametrize("budget", [20_000, 200_000, 2_000_000])
-@pytest.mark.parametrize("arch", arch_params(APMGSRN_SHORT))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_config_for_budget_hits_the_budget(arch, budget, shape):
     field = field_for_budget(arch, budget, shape)
     count = field.num_parameters()

@@ -6,11 +6,26 @@ import numpy as np
 import pytest
 import torch
 from vtkmodules.util.numpy_support import vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkOutputWindow, vtkStringOutputWindow
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from paraview_plugin import NeuralVolumeSource, model_cache
 from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
+
+
+@pytest.fixture(autouse=True)
+def no_unobserved_vtk_errors():
+    """Fail a test if any VTK error or warning reached the output window (observed events do not)."""
+    window = vtkStringOutputWindow()
+    previous = vtkOutputWindow.GetInstance()
+    vtkOutputWindow.SetInstance(window)
+    try:
+        yield window
+    finally:
+        vtkOutputWindow.SetInstance(previous)
+    text = window.GetOutput().lower()
+    assert "error" not in text and "warning" not in text, window.GetOutput()
 
 
 class Events:

@@ -15,7 +15,7 @@ from srn_core import metrics
 from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
 
-from test_vtk_neural_volume_source import Events
+from test_vtk_neural_volume_source import Events, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
 
 
 def field_value(image, name):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Field
+from .grid_shape import fit_grid_shape
 from .mlp import MLP
 
 
@@ -118,19 +119,8 @@ class APMGSRN(Field):
         width = 32 if num_params < 100_000 else 64
         decoder = MLP.count(n_grids * n_features, 1, width, 2) + n_grids * 16
         voxels = max(8, (num_params - decoder) // (n_grids * n_features))
-        shape = aspect_shape(voxels, data_shape_zyx)
+        shape = fit_grid_shape(voxels, data_shape_zyx)
         return APMGSRNConfig(n_grids=n_grids, n_features=n_features, grid_shape=shape, width=width)
-
-
-def aspect_shape(voxels: int, data_shape_zyx) -> tuple[int, int, int]:
-    """A grid shape ``(D, H, W)`` with about ``voxels`` cells (never more) and the data's aspect ratio."""
-    dz, dy, dx = (max(1, int(s)) for s in data_shape_zyx)
-    scale = (voxels / (dz * dy * dx)) ** (1 / 3)
-    shape = [max(2, round(s * scale)) for s in (dz, dy, dx)]
-    while shape[0] * shape[1] * shape[2] > voxels and max(shape) > 2:
-        a = max(range(3), key=lambda i: shape[i])
-        shape[a] -= 1
-    return tuple(shape)  # type: ignore[return-value]
 
 
 def _even_power(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -19,6 +19,8 @@ class Field(nn.Module):
 
     architecture: ClassVar[str]
     Config: ClassVar[type]
+    default_lr: ClassVar[float] = 0.01
+    """The Adam learning rate the architecture trains well with (grid models: the APMGSRN paper's 0.01)."""
 
     def __init__(self, config, value_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()

@@ -207,11 +207,12 @@ def render(volume, camera: Camera, tf, width: int, height: int, settings: Render
 # The wavefront march
 # =================================================================================================
 class _March:
-    """One render's constants (model-cube mapping, tables, cells) and the wavefront loop.
+    """One render's constants (coordinate maps, tables, cells) and the wavefront loop.
 
-    Ray state is float32 (a few hundred samples per ray leave float32 far more precise than a voxel) and is
-    compacted with index gathers, never boolean masks, because on a CPU the bookkeeping of a million-sample
-    wavefront costs as much as a fast field.
+    Rays are kept in *cell coordinates* (one unit per macro-cell edge, the volume spanning ``[0, (dims-1)/C]``),
+    where the DDA needs them; model-cube points are made only for the samples that are evaluated. Ray state is
+    float32 (a few hundred samples per ray leave it far more precise than a voxel) and is compacted with index
+    gathers, because on a CPU the bookkeeping of a million-sample wavefront costs as much as a fast field.
     """
 
     def __init__(self, volume: RenderVolume, table: TransferTable, settings: RenderSettings, dt: float,
@@ -220,16 +221,21 @@ class _March:
         self.field_seconds = 0.0
         b = torch.tensor(volume.bounds, dtype=torch.float64).reshape(3, 2)
         self.lo = b[:, 0]
-        self.scale = 2.0 / (b[:, 1] - b[:, 0])  # world -> model cube
         self.dims = torch.tensor(volume.dims, dtype=torch.float64)
+        # world -> cell coordinates: (x - lo) / spacing / C ; cell -> model cube: c * 2C / (dims - 1) - 1
+        self.world_to_cell = ((self.dims - 1) / (b[:, 1] - b[:, 0]) / settings.cell_size)
+        self.cell_to_model = (2.0 * settings.cell_size / (self.dims - 1)).float()
+        self.extent = ((self.dims - 1) / settings.cell_size).float()  # the volume's far corner in cell coordinates
+        self.cells_xyz = torch.tensor(cell_counts(volume.dims, settings.cell_size), dtype=torch.int64)
+        self.cell_max = (self.cells_xyz - 1).float()
+        self.strides = torch.tensor([1.0, float(self.cells_xyz[0]), float(self.cells_xyz[0] * self.cells_xyz[1])])
         self.cell_opacity = cell_opacity
         if cell_opacity is not None:
-            self.cells_xyz = torch.tensor(cell_counts(volume.dims, settings.cell_size), dtype=torch.int64)
-            self.cell_scale = ((self.dims - 1) / (2.0 * settings.cell_size)).float()  # model -> cell coordinates
-            self.cell_size_model = (2.0 * settings.cell_size / (self.dims - 1)).float()
             self.cell_flat = cell_opacity.reshape(-1).contiguous()
             self.occupied_flat = self.cell_flat > 0
             self.distance_flat = empty_distance(cell_opacity > 0).reshape(-1).contiguous()
+        # Per-sample occupancy tests pay off only when a field evaluation costs more than the test (not for grids).
+        self.sample_mask = cell_opacity is not None and getattr(volume.field, "volume", None) is None
         # Step-corrected, premultiplied table for the fixed step: one gather gives a sample's contribution.
         rgba = table.rgba
         self.log_transparency = torch.log1p(-rgba[:, 3].clamp(max=1 - 1e-7))
@@ -238,34 +244,32 @@ class _March:
 
     # ---- geometry ------------------------------------------------------------------------------
     @staticmethod
-    def _box(mo, md, lo, hi):
-        """Entry and exit parameters of rays ``mo + t md`` through the axis-aligned boxes [lo, hi]."""
-        safe = torch.where(md.abs() < 1e-30, torch.full_like(md, 1e-30), md)
-        t1 = (lo - mo) / safe
-        t2 = (hi - mo) / safe
+    def _box(co, cd, lo, hi):
+        """Entry and exit parameters of rays ``co + t cd`` through the axis-aligned boxes [lo, hi]."""
+        safe = torch.where(cd.abs() < 1e-30, torch.full_like(cd, 1e-30), cd)
+        t1 = (lo - co) / safe
+        t2 = (hi - co) / safe
         return torch.minimum(t1, t2).amax(dim=-1), torch.maximum(t1, t2).amin(dim=-1)
 
-    def _cells(self, pos):
-        """Per-axis cell coordinates ``(..., 3)`` (int64, clamped to the grid) and flat cell index of model points."""
-        c = ((pos + 1.0) * self.cell_scale).floor_().long()
-        c = torch.minimum(c.clamp_(min=0), self.cells_xyz - 1)
-        nx, ny = int(self.cells_xyz[0]), int(self.cells_xyz[1])
-        return c, c[..., 0] + nx * (c[..., 1] + ny * c[..., 2])
+    def _cells(self, cpos):
+        """Per-axis cell coordinates (float, clamped to the grid) and flat int64 cell index of cell-space points."""
+        c = torch.clamp(cpos.floor(), min=torch.zeros(3), max=self.cell_max)
+        return c, (c @ self.strides).long()
 
-    def _block_exit(self, mo, md, c, radius):
+    def _block_exit(self, co, cd, c, radius):
         """Exit parameter from the block of cells within ``radius - 1`` (Chebyshev) of cells ``c``."""
-        r = (radius - 1).clamp(min=0)[:, None]
-        lo = -1.0 + (c - r).float() * self.cell_size_model
-        hi = -1.0 + (c + r + 1).float() * self.cell_size_model
-        return self._box(mo, md, lo.clamp(min=-1.0), hi.clamp(max=1.0))[1]
+        r = (radius - 1).clamp(min=0)[:, None].float()
+        lo = (c - r).clamp(min=0.0)
+        hi = torch.minimum(c + r + 1.0, self.extent)
+        return self._box(co, cd, lo, hi)[1]
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, origins, dirs, t_max, stats: RenderStats) -> torch.Tensor:
         s, dt = self.s, self.dt
         out = torch.zeros(origins.shape[0], 4)
-        mo = ((origins.double() - self.lo) * self.scale - 1.0).float()
-        md = (dirs.double() * self.scale).float()
-        t_in, t_out = self._box(mo, md, -1.0, 1.0)
+        co = ((origins.double() - self.lo) * self.world_to_cell).float()
+        cd = (dirs.double() * self.world_to_cell).float()
+        t_in, t_out = self._box(co, cd, torch.zeros(3), self.extent)
         t_in = t_in.clamp(min=0.0)  # a camera inside the box starts at the eye
         if t_max is not None:
             t_out = torch.minimum(t_out, t_max.float())
@@ -274,9 +278,9 @@ class _March:
         stats.rays_hit += int(n)
         if not n:
             return out
-        # Per live ray: pixel, model-space ray, lattice (sample j at base + (k + j) * step), end, the exit of the
+        # Per live ray: pixel, cell-space ray, lattice (sample j at base + (k + j) * step), end, the exit of the
         # current cell (adaptive steps stay inside one cell), accumulated premultiplied colour.
-        st = _Rays(ray=live, mo=mo[live], md=md[live], base=t_in[live], t_end=t_out[live],
+        st = _Rays(ray=live, co=co[live], cd=cd[live], base=t_in[live], t_end=t_out[live],
                    step=torch.full((n,), dt), k=torch.zeros(n), exit=torch.full((n,), math.inf),
                    acc=torch.zeros(n, 4))
         total_lattice = float(((st.t_end - st.base) / dt).floor().add(1).sum())
@@ -286,30 +290,33 @@ class _March:
             stats.iterations += 1
             if self.cell_opacity is not None:
                 self._skip(st)
-                gone = torch.nonzero(st.base + st.k * st.step > st.t_end).reshape(-1)
-                if gone.numel():
+                ahead = torch.addcmul(st.base, st.k, st.step) <= st.t_end
+                if not bool(ahead.all()):
+                    gone = torch.nonzero(~ahead).reshape(-1)
                     out[st.ray[gone]] = st.acc[gone]
-                    st = st.select(torch.nonzero(st.base + st.k * st.step <= st.t_end).reshape(-1))
+                    st = st.select(torch.nonzero(ahead).reshape(-1))
                     if not st.ray.numel():
                         break
             # The next `segment` lattice samples of every live ray: a (rays, segment) block.
-            t = st.base[:, None] + (st.k[:, None] + seg) * st.step[:, None]
+            t = torch.addcmul(st.base[:, None], st.k[:, None] + seg, st.step[:, None])
             valid = t <= st.t_end[:, None]
-            pos = st.mo[:, None, :] + t[..., None] * st.md[:, None, :]
-            if self.cell_opacity is not None:
-                valid &= self.occupied_flat[self._cells(pos)[1]]
+            if self.sample_mask:
+                cpos = torch.addcmul(st.co[:, None, :], t[..., None], st.cd[:, None, :])
+                valid &= self.occupied_flat[self._cells(cpos)[1]]
                 if s.adaptive_step:  # the stretched step was chosen for the current cell alone
                     valid &= (t < st.exit[:, None]) | (seg == 0)
-            contrib, n_eval = self._contributions(pos, t, valid, st)
+            elif s.adaptive_step and self.cell_opacity is not None:
+                valid &= (t < st.exit[:, None]) | (seg == 0)
+            contrib, n_eval = self._contributions(t, valid, st)
             evaluated += n_eval
             st.acc = _composite(st.acc, contrib)
             if s.adaptive_step and self.cell_opacity is not None:
                 st.k = st.k + torch.clamp(((st.exit - st.base) / st.step - st.k).ceil(), min=1, max=s.segment)
             else:
                 st.k = st.k + s.segment
-            done = (st.base + st.k * st.step > st.t_end) | (st.acc[:, 3] >= s.early_termination)
-            finished = torch.nonzero(done).reshape(-1)
-            if finished.numel():
+            done = (torch.addcmul(st.base, st.k, st.step) > st.t_end) | (st.acc[:, 3] >= s.early_termination)
+            if bool(done.any()):
+                finished = torch.nonzero(done).reshape(-1)
                 out[st.ray[finished]] = st.acc[finished]
                 st = st.select(torch.nonzero(~done).reshape(-1))
         stats.samples += evaluated
@@ -325,9 +332,9 @@ class _March:
         s = self.s
         todo = None  # all rays
         for _ in range(int(self.cells_xyz.sum()) + 4):  # each leap crosses at least one cell
-            sub = st if todo is None else st.select(todo, ("mo", "md", "base", "k", "step", "t_end"))
-            t = sub.base + sub.k * sub.step
-            c, idx = self._cells(sub.mo + t[:, None] * sub.md)
+            sub = st if todo is None else st.select(todo, ("co", "cd", "base", "k", "step", "t_end"))
+            t = torch.addcmul(sub.base, sub.k, sub.step)
+            c, idx = self._cells(torch.addcmul(sub.co, t[:, None], sub.cd))
             dist = self.distance_flat[idx]
             inside = t <= sub.t_end
             empty = (dist > 0) & inside
@@ -338,38 +345,40 @@ class _March:
                     op = self.cell_flat[idx[occ]].clamp(0.1, 1.0)
                     st.base[o], st.k[o] = t[occ], 0.0
                     st.step[o] = self.dt * (1.0 + 15.0 * (1.0 - op) ** 2)
-                    st.exit[o] = self._block_exit(sub.mo[occ], sub.md[occ], c[occ], torch.ones_like(occ))
+                    st.exit[o] = self._block_exit(sub.co[occ], sub.cd[occ], c[occ], torch.ones_like(occ))
             e_local = torch.nonzero(empty).reshape(-1)
             if not e_local.numel():
                 break
             e = e_local if todo is None else todo[e_local]
-            t_exit = self._block_exit(sub.mo[e_local], sub.md[e_local], c[e_local], dist[e_local])
+            t_exit = self._block_exit(sub.co[e_local], sub.cd[e_local], c[e_local], dist[e_local])
             if s.adaptive_step:
                 st.base[e], st.k[e], st.step[e] = t_exit + 1e-4 * self.dt, 0.0, self.dt  # no lattice to keep
             else:
                 st.k[e] = torch.maximum(st.k[e] + 1, ((t_exit - st.base[e]) / st.step[e]).ceil())
             todo = e
 
-    def _contributions(self, pos, t, valid, st: "_Rays"):
+    def _contributions(self, t, valid, st: "_Rays"):
         """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing.
 
         Sample ``j`` stands for the interval ``[t_j, t_j + step)``; the last one of a ray is cut at the ray's end,
         so a homogeneous slab of any thickness gets exactly the transmittance ``(1 - a) ** (length / unit)``.
         """
         s = self.s
-        flat_valid = valid.reshape(-1)
-        sel = torch.nonzero(flat_valid).reshape(-1)
-        contrib = torch.zeros(flat_valid.numel(), 4)
+        k = valid.shape[1]
+        sel = torch.nonzero(valid.reshape(-1)).reshape(-1)
+        contrib = torch.zeros(valid.numel(), 4)
         if not sel.numel():
             return contrib.reshape(*valid.shape, 4), 0
-        pts = pos.reshape(-1, 3).index_select(0, sel)
+        rows = torch.div(sel, k, rounding_mode="floor")
+        ts = t.reshape(-1).index_select(0, sel)
+        cpos = torch.addcmul(st.co.index_select(0, rows), ts[:, None], st.cd.index_select(0, rows))
+        pts = cpos.mul_(self.cell_to_model).sub_(1.0).clamp_(-1.0, 1.0)  # model cube
         t0 = time.perf_counter()
         values = evaluate(self.volume.field, pts, s.chunk_size)
         self.field_seconds += time.perf_counter() - t0
         idx = self.table.indices(values)
-        rows = sel // valid.shape[1]
         ray_step = st.step.index_select(0, rows)
-        length = torch.minimum(ray_step, st.t_end.index_select(0, rows) - t.reshape(-1).index_select(0, sel))
+        length = torch.minimum(ray_step, st.t_end.index_select(0, rows) - ts)
         if s.adaptive_step:
             c = self._corrected(idx, length)
         else:
@@ -378,7 +387,8 @@ class _March:
             if cut.numel():
                 c[cut] = self._corrected(idx[cut], length[cut])
         if s.shade:
-            world_dir = (st.md.double() / self.scale).float()  # unit world directions of the rays
+            world_dir = (st.cd.double() / self.world_to_cell).float()
+            world_dir = world_dir / world_dir.norm(dim=1, keepdim=True)
             c = self._phong(pts, c, world_dir.index_select(0, rows))
         contrib.index_copy_(0, sel, c)
         return contrib.reshape(*valid.shape, 4), int(sel.numel())
@@ -397,8 +407,8 @@ class _March:
         t0 = time.perf_counter()
         v = evaluate(self.volume.field, probes.clamp(-1.0, 1.0), s.chunk_size).reshape(6, -1)
         self.field_seconds += time.perf_counter() - t0
-        world_h = (h.double() / self.scale).float()  # one voxel in world units
-        grad = ((v[:3] - v[3:]) / (2 * world_h[:, None])).t()
+        spacing = torch.tensor(self.volume.spacing, dtype=torch.float32)  # one voxel in world units
+        grad = ((v[:3] - v[3:]) / (2 * spacing[:, None])).t()
         norm = grad.norm(dim=1, keepdim=True)
         normal = torch.where(norm > 1e-12, grad / norm.clamp(min=1e-30), torch.zeros_like(grad))
         # Headlight (light along the view ray, so the half vector is the light itself); two-sided lighting.
@@ -434,7 +444,7 @@ def empty_distance(occupied: torch.Tensor) -> torch.Tensor:
 class _Rays:
     """The live rays' state, compacted together with index gathers."""
 
-    FIELDS = ("ray", "mo", "md", "base", "t_end", "step", "k", "exit", "acc")
+    FIELDS = ("ray", "co", "cd", "base", "t_end", "step", "k", "exit", "acc")
 
     def __init__(self, **tensors):
         for name, value in tensors.items():
