@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-APT_PACKAGES="paraview python3-paraview paraview-dev xvfb xauth mricron-data cmake"
+APT_PACKAGES="paraview python3-paraview paraview-dev xvfb xauth mricron-data cmake g++"
 missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   log "installing Debian packages: $missing"
