@@ -5,7 +5,7 @@ Usable from any VTK script (the PyPI ``vtk`` wheel or ParaView's bundled VTK) an
 
     from paraview_plugin.neural_volume_source import NeuralVolumeSource
     source = NeuralVolumeSource()
-    source.SetFileName("brain.nvol")
+    source.SetFileName("brain.srn")
     source.SetSamplingDimensions(128, 128, 128)
     source.Update()                    # or UpdatePiece(piece, pieces, 0): only that piece is evaluated
 
@@ -35,7 +35,7 @@ EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
 @dataclass(frozen=True)
 class SourceConfig:
     file_name: str = ""
-    """Our model file (``.safetensors``), or an APMGSRN checkpoint folder (or a file inside it)."""
+    """Our model file (``.srn``, safetensors), or an APMGSRN checkpoint folder (or a file inside it)."""
     sampling_dimensions: tuple[int, int, int] = (64, 64, 64)
     """Points per axis of the output image."""
     use_model_bounds: bool = True

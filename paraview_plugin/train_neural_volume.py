@@ -5,7 +5,7 @@ A filter for VTK scripts and, through ``xml/TrainNeuralVolume.xml``, ParaView's 
     trainer = TrainNeuralVolume()
     trainer.SetInputConnection(reader.GetOutputPort())
     trainer.SetInputArrayToProcess(0, 0, 0, vtkDataObject.FIELD_ASSOCIATION_POINTS, "density")
-    trainer.SetModelFileName("density.nvol")
+    trainer.SetModelFileName("density.srn")
     trainer.SetSteps(2000)
     trainer.Update()
 
