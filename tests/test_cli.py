@@ -128,3 +128,30 @@ def test_netcdf_npy_and_raw_readers(tmp_path):
     assert np.array_equal(vol.values, arr)
     with pytest.raises(ValueError, match="has 240 bytes but shape"):
         io.read_volume(tmp_path / "a.raw", raw_shape=(4, 5, 7), raw_dtype=">i2")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    """A real SIGINT to `srn train`: exit code 130, a checkpoint, no model; --resume then completes the run."""
+    import signal
+    import time
+    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in (12, 14, 16)], indexing="ij")
+    np.save(tmp_path / "v.npy", (np.sin(4 * x) * y + z).astype(np.float32))
+    cmd = [sys.executable, "-m", "srn.cli", "train", str(tmp_path / "v.npy"), "-o", str(tmp_path / "m.srn"),
+           "--steps", "100000", "--batch-size", "2048", "--ratio", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = proc.stderr.readline()  # "training apmgsrn (...) on ..." is printed just before the first step
+    assert started.startswith("training apmgsrn"), started
+    time.sleep(6.0)  # well into the training loop, even on a loaded machine
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["m.srn.checkpoint", "v.npy"]
+    step = int(err.split("interrupted at step")[1].split(";")[0])
+    assert step > 0
+    done = subprocess.run(cmd[:8] + [str(step + 20)] + cmd[9:] + ["--resume"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"steps     {step + 20} in" in done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["m.srn", "v.npy"]
+    assert load_model(tmp_path / "m.srn").training["steps"] == step + 20
