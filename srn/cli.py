@@ -131,16 +131,6 @@ def cmd_resample(args) -> int:
     return 0
 
 
-def _dims(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--dims must be positive integers, got {text!r}.")
-    return v
-
-
 # ---- srn eval ----------------------------------------------------------------------------------
 
 def cmd_eval(args) -> int:
@@ -196,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resample", help="evaluate a model on a grid and write a .vti (or .npy)")
     p.add_argument("model", help="model file (or an APMGSRN checkpoint folder)")
     p.add_argument("-o", "--output", required=True, help="output .vti or .npy")
-    p.add_argument("--dims", nargs=3, type=_dims, metavar=("X", "Y", "Z"), help="points per axis (default: the data's)")
+    p.add_argument("--dims", nargs=3, type=positive_int, metavar=("X", "Y", "Z"), help="points per axis (default: the data's)")
     p.add_argument("--bounds", nargs=6, type=float, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
                    help="world region (default: the data's bounds)")
     p.add_argument("--outside", choices=("clamp", "nan", "fill"), default="clamp",

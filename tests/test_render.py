@@ -269,3 +269,27 @@ def test_shading_changes_the_image_but_not_its_opacity():
     lit = render(vol, cam, tissue_tf(), 32, 32, RenderSettings(shade=True, ambient=0.1))
     assert torch.allclose(flat.image[..., 3], lit.image[..., 3])
     assert float((flat.image[..., :3] - lit.image[..., :3]).abs().max()) > 0.05
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------
+def test_srn_render_writes_the_png_the_core_renders(trained_model, tmp_path, capsys):
+    from srn.cli import main
+    from srn_core.render.image import over_background
+
+    path, model = trained_model
+    out = tmp_path / "image.png"
+    assert main(["render", str(path), "-o", str(out), "--size", "40", "30", "--preset", "Viridis",
+                 "--azimuth", "30", "--elevation", "20", "--zoom", "1.2", "--step", "0.5"]) == 0
+    blob = out.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", blob[16:24]) == (40, 30)
+    start = blob.index(b"IDAT") + 4
+    (n,) = struct.unpack(">I", blob[start - 8:start - 4])
+    png = np.frombuffer(zlib.decompress(blob[start:start + n]), np.uint8).reshape(30, 1 + 40 * 3)[:, 1:]
+    camera = Camera.reset(model.bounds).azimuth(30).elevation(20).zoom(1.2)
+    tf = TransferFunction.from_preset("Viridis", model.value_range)
+    settings = RenderSettings(step=0.5, opacity_unit_distance=min(model.geometry.spacing))
+    expected = to_uint8(over_background(Renderer(model, settings).render(camera, tf, 40, 30).image))
+    assert np.array_equal(png.reshape(30, 40, 3), expected)
+    assert "samples evaluated" in capsys.readouterr().err
+    assert main(["render", str(path), "-o", str(tmp_path / "x.png"), "--preset", "no such map"]) == 1
+    assert "unknown preset 'no such map'" in capsys.readouterr().err

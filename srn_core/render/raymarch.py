@@ -11,10 +11,11 @@ Conventions are VTK's, so images compare with ``vtkGPUVolumeRayCastMapper`` / ``
 
 Work is organised as a *wavefront*: all live rays advance together by ``segment`` samples per iteration, the
 samples of all of them are evaluated in one (chunked) field call, finished rays are compacted away. With
-macro-cells, a ray whose next sample lies in a cell that the transfer function makes fully transparent jumps to
-the first lattice sample past that cell (3-D DDA, one cell per step), and samples in such cells are never
-evaluated; the lattice is the same as without skipping, so the image only changes where a cell's range was
-not conservative. ``adaptive_step`` additionally stretches the step in faint cells (Instant-VNR's rule).
+macro-cells, a ray whose next sample lies in a cell that the transfer function makes fully transparent leaps
+to the first lattice sample past the block of transparent cells around it (a 3-D DDA over a distance map),
+and samples in such cells are never evaluated; the lattice is the same as without skipping, so the image only
+changes where a cell's range was not conservative. ``adaptive_step`` additionally stretches the step in faint
+cells (Instant-VNR's rule).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field as dataclass_field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,10 @@ class RenderSettings:
     """Samples each live ray takes per wavefront iteration."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
     """Points per field call (bounds the field's working memory)."""
-    max_samples: int = 1 << 21
-    """Samples in flight per wavefront (bounds the renderer's memory: rays per batch = max_samples / segment)."""
+    max_samples: int = 1 << 18
+    """Samples in flight per wavefront (bounds the renderer's memory: rays per batch = max_samples / segment).
+    A few MB per block keeps the bookkeeping in cache; larger blocks were slower here, smaller ones pay per-call
+    overhead."""
     table_size: int = 4096
     """Entries of the transfer-function lookup table."""
     shade: bool = False
@@ -86,7 +88,8 @@ class RenderStats:
     rays_hit: int = 0
     """Rays that cross the volume's box."""
     samples: int = 0
-    """Field evaluations (the expensive part; shading adds six per sample on top)."""
+    """Samples composited: the field evaluations that matter (shading adds six per sample on top; on a raw
+    grid whole blocks are evaluated and masked, which is cheaper than gathering)."""
     samples_skipped: int = 0
     """Lattice samples inside the box that were never evaluated (transparent cells or after termination)."""
     iterations: int = 0
@@ -96,6 +99,7 @@ class RenderStats:
     macrocell_seconds: float = 0.0
     """Time building macro-cells in this call (0 when they were cached)."""
     extra: dict = dataclass_field(default_factory=dict)
+    """Room for callers' own figures (benchmarks)."""
 
     def add(self, other: "RenderStats") -> None:
         for name in ("rays", "rays_hit", "samples", "samples_skipped", "iterations", "seconds", "field_seconds",
