@@ -3,11 +3,11 @@
 Usable from any VTK script (the PyPI ``vtk`` wheel or ParaView's bundled VTK) and, through
 ``xml/NeuralVolumeSource.xml``, as ParaView's "Neural Volume Source"::
 
-    from paraview_plugin.neural_volume_source import NeuralVolumeSource
-    source = NeuralVolumeSource()
-    source.SetFileName("brain.srn")
-    source.SetSamplingDimensions(128, 128, 128)
-    source.Update()                    # or UpdatePiece(piece, pieces, 0): only that piece is evaluated
+    >>> from paraview_plugin.neural_volume_source import NeuralVolumeSource
+    >>> source = NeuralVolumeSource()
+    >>> source.SetFileName("brain.srn")
+    >>> source.SetSamplingDimensions(128, 128, 128)
+    >>> source.Update()      # or UpdatePiece(piece, pieces, 0): only that piece is evaluated
 
 ``RequestInformation`` publishes the whole extent, origin and spacing and that any sub-extent can be produced;
 ``RequestData`` evaluates the model only at the points of the requested ``UPDATE_EXTENT`` (through the core's
