@@ -222,46 +222,49 @@ def test_example_script_under_mpi_writes_the_same_pvti(pv_env, trained_model, tm
     assert len(list((tmp_path / "out").glob("*.vti"))) == 2
 
 
-RENDER_BODY = """
-    original = XMLImageDataReader(FileName=[sys.argv[2]])
-    neural = NeuralVolumeSource(FileName=sys.argv[1], SamplingDimensions=[{dims}])
-    view = CreateRenderView()
-    view.ViewSize = [400, 400]
-    view.OrientationAxesVisibility = 0
-    view.Background = [0.1, 0.1, 0.15]
-    try:
-        view.UseColorPaletteForBackground = 0
-    except AttributeError:
-        pass
-    lut = GetColorTransferFunction("density")
-    lut.ApplyPreset("Cool to Warm", True)
-    lut.RescaleTransferFunction({low}, {high})
-    otf = GetOpacityTransferFunction("density")
-    otf.RescaleTransferFunction({low}, {high})
-    for name, proxy in (("original", original), ("neural", neural)):
-        display = Show(proxy, view)
-        display.SetRepresentationType("Volume")
-        ColorBy(display, ("POINTS", "density"))
-        display.LookupTable = lut
-        display.ScalarOpacityFunction = otf
-        if name == "original":
-            view.ResetCamera()
-            camera = view.GetActiveCamera()
-            camera.Azimuth(30)
-            camera.Elevation(20)
-        Render(view)
-        SaveScreenshot(os.path.join(OUT, name + ".png"), view, ImageResolution=[400, 400])
-        Hide(proxy, view)
-"""
+def side_by_side_render(first: str, second: str, array: str, preset: str, low: float, high: float,
+                        azimuth: float, elevation: float, background=(0.1, 0.1, 0.15)) -> str:
+    """pvpython code that volume-renders the proxies named ``first`` and ``second`` one after the other in one
+    view with the same stock preset and camera (reset on ``first``), saving ``OUT/<name>.png`` for each."""
+    return textwrap.dedent(f"""\
+        view = CreateRenderView()
+        view.ViewSize = [400, 400]
+        view.OrientationAxesVisibility = 0
+        view.Background = {list(background)}
+        try:
+            view.UseColorPaletteForBackground = 0
+        except AttributeError:
+            pass
+        lut = GetColorTransferFunction({array!r})
+        lut.ApplyPreset({preset!r}, True)
+        lut.RescaleTransferFunction({low}, {high})
+        otf = GetOpacityTransferFunction({array!r})
+        otf.RescaleTransferFunction({low}, {high})
+        for name, proxy in (({first!r}, {first}), ({second!r}, {second})):
+            display = Show(proxy, view)
+            display.SetRepresentationType("Volume")
+            ColorBy(display, ("POINTS", {array!r}))
+            display.LookupTable = lut
+            display.ScalarOpacityFunction = otf
+            if name == {first!r}:
+                view.ResetCamera()
+                view.GetActiveCamera().Azimuth({azimuth})
+                view.GetActiveCamera().Elevation({elevation})
+            Render(view)
+            SaveScreenshot(os.path.join(OUT, name + ".png"), view, ImageResolution=[400, 400])
+            Hide(proxy, view)
+        """)
 
 
-def read_png(path) -> np.ndarray:
+def read_png(path, flip_rows: bool = False) -> np.ndarray:
+    """RGB of a PNG as float64 ``(h, w, 3)``; VTK reads bottom row first, ``flip_rows`` puts the top row first."""
     reader = vtkPNGReader()
     reader.SetFileName(str(path))
     reader.Update()
     img = reader.GetOutput()
     w, h, _ = img.GetDimensions()
-    return vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3].astype(np.float64)
+    rgb = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3].astype(np.float64)
+    return rgb[::-1].copy() if flip_rows else rgb
 
 
 def test_volume_rendering_of_the_source_matches_the_original(pv_env, trained_model, analytic_volume, tmp_path):
@@ -269,7 +272,11 @@ def test_volume_rendering_of_the_source_matches_the_original(pv_env, trained_mod
     original = tmp_path / "original.vti"
     write_vti(original, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
     low, high = analytic_volume.value_range
-    body = RENDER_BODY.format(dims=", ".join(map(str, analytic_volume.geometry.dims)), low=low, high=high)
+    dims = ", ".join(map(str, analytic_volume.geometry.dims))
+    body = textwrap.dedent(f"""\
+        original = XMLImageDataReader(FileName=[sys.argv[2]])
+        neural = NeuralVolumeSource(FileName=sys.argv[1], SamplingDimensions=[{dims}])
+        """) + side_by_side_render("original", "neural", "density", "Cool to Warm", low, high, 30, 20)
     run_ok(["pvpython", script(tmp_path, body), str(path), str(original)], pv_env)
     a, b = read_png(tmp_path / "original.png"), read_png(tmp_path / "neural.png")
     assert a.shape == b.shape == (400, 400, 3)

@@ -22,7 +22,7 @@ from srn_core.data import Volume
 from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
 
-from test_paraview_plugin import read_image, read_png, run_ok, values_of
+from test_paraview_plugin import read_image, read_png, run_ok, side_by_side_render, values_of
 
 INIA19 = Path("/usr/share/mricron/templates/inia19-t1-brain.nii.gz")
 
@@ -55,34 +55,6 @@ BODY = """
                                 for i in range(errors.GetPointData().GetNumberOfArrays())]}}
     SaveData(os.path.join(OUT, "reconstruction.vti"), proxy=train)
 
-    # Volume rendering with a stock preset: the data, then the Neural Volume Source of the trained model.
-    neural = NeuralVolumeSource(FileName=model, SamplingDimensions=[{dims}])
-    view = CreateRenderView()
-    view.ViewSize = [400, 400]
-    view.OrientationAxesVisibility = 0
-    view.Background = [0.0, 0.0, 0.0]
-    try:
-        view.UseColorPaletteForBackground = 0
-    except AttributeError:
-        pass
-    lut = GetColorTransferFunction("t1")
-    lut.ApplyPreset("Grayscale", True)
-    lut.RescaleTransferFunction({low}, {high})
-    otf = GetOpacityTransferFunction("t1")
-    otf.RescaleTransferFunction({low}, {high})
-    for name, proxy in (("data", data), ("neural", neural)):
-        display = Show(proxy, view)
-        display.SetRepresentationType("Volume")
-        ColorBy(display, ("POINTS", "t1"))
-        display.LookupTable = lut
-        display.ScalarOpacityFunction = otf
-        if name == "data":
-            view.ResetCamera()
-            view.GetActiveCamera().Azimuth(40)
-            view.GetActiveCamera().Elevation(25)
-        Render(view)
-        SaveScreenshot(os.path.join(OUT, name + ".png"), view, ImageResolution=[400, 400])
-        Hide(proxy, view)
     json.dump(report, open(os.path.join(OUT, "report.json"), "w"))
 """
 
@@ -111,8 +83,11 @@ def test_train_error_and_render_on_real_data(pv_env, brain, tmp_path):
         LoadPlugin({str(paraview_env.PLUGIN_FILE)!r}, ns=globals())
         """)
     script = tmp_path / "train.py"
-    script.write_text(head + textwrap.dedent(BODY.format(steps=STEPS, dims=", ".join(map(str, volume.geometry.dims)),
-                                                         low=low, high=high)))
+    # After training: volume rendering with a stock preset, the data, then the Neural Volume Source of the model.
+    render = textwrap.dedent(f"""\
+        neural = NeuralVolumeSource(FileName=model, SamplingDimensions=[{", ".join(map(str, volume.geometry.dims))}])
+        """) + side_by_side_render("data", "neural", "t1", "Grayscale", low, high, 40, 25, background=(0.0, 0.0, 0.0))
+    script.write_text(head + textwrap.dedent(BODY.format(steps=STEPS)) + render)
     result = run_ok(["pvpython", str(script), str(path)], pv_env, timeout=300)
     report = json.loads((tmp_path / "report.json").read_text())
     train, error = report["train"], report["error"]

@@ -13,11 +13,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from vtkmodules.util.numpy_support import vtk_to_numpy
-from vtkmodules.vtkIOImage import vtkPNGReader
 
 import paraview_env
 from srn_core.render.image import image_psnr
+
+from test_paraview_plugin import read_png
 
 pytestmark = [pytest.mark.paraview,
               pytest.mark.skipif(paraview_env.missing_reason() is not None,
@@ -66,14 +66,6 @@ with open(os.path.join(OUT, "result.json"), "w") as f:
 """
 
 
-def read_png(path) -> np.ndarray:
-    reader = vtkPNGReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    img = reader.GetOutput()
-    w, h, _ = img.GetDimensions()
-    return vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3].copy()
-
 
 def test_neural_render_in_a_paraview_view_follows_its_camera_and_colour_map(pv_env, trained_model, tmp_path):
     path, model = trained_model
@@ -86,11 +78,11 @@ def test_neural_render_in_a_paraview_view_follows_its_camera_and_colour_map(pv_e
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["counts"] == [1, 1, 2, 3]
     assert out["attached_after_toggle"] is False and out["visible"] == 1
-    paraview, neural, moved = (read_png(tmp_path / f"{n}.png") for n in ("paraview", "neural", "moved"))
+    paraview, neural, moved = (read_png(tmp_path / f"{n}.png", flip_rows=True) for n in ("paraview", "neural", "moved"))
     background = np.all(paraview == paraview[0, 0], axis=-1)
     assert background.mean() < 0.85  # the volume fills a good part of the view
     # ParaView renders the source's grid sampled from the model; we ray-march the model itself
-    psnr = image_psnr(neural, paraview)
+    psnr = image_psnr(neural, paraview, peak=255.0)
     print(f"neural render in the view vs ParaView's volume rendering of the source: {psnr:.2f} dB")
     assert psnr >= 35.0
-    assert image_psnr(moved, neural) < 30.0  # the camera move shows in the image
+    assert image_psnr(moved, neural, peak=255.0) < 30.0  # the camera move shows in the image
