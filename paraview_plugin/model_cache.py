@@ -1,6 +1,6 @@
 """Loaded models, cached by (path, file state, device), so an unchanged pipeline never reloads a model.
 
-A file that is rewritten (new mtime or size) is loaded afresh; the cache keeps the few most recent models.
+A file that is rewritten (new inode, mtime, ctime or size) is loaded afresh; the cache keeps the few most recent models.
 """
 
 from __future__ import annotations
@@ -31,12 +31,18 @@ def model_path(file_name: str) -> Path:
     return path
 
 
-def file_state(path: Path) -> tuple:
-    """What identifies a version of ``path``: (mtime, size), and for a folder that of each file in it."""
-    if path.is_dir():
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+def _stat_state(path: Path) -> tuple:
+    # The inode matters as much as the times: our writers replace files atomically (a new inode), and on
+    # coarse-timestamp file systems two saves within one tick keep the same mtime and, often, the same size.
     st = path.stat()
-    return (st.st_mtime_ns, st.st_size)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def file_state(path: Path) -> tuple:
+    """What identifies a version of ``path``: its inode, times and size, and for a folder those of each file."""
+    if path.is_dir():
+        return tuple(sorted((p.name, *_stat_state(p)) for p in path.iterdir() if p.is_file()))
+    return _stat_state(path)
 
 
 def model_key(file_name: str, device: str = "auto") -> tuple:
