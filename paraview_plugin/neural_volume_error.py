@@ -12,8 +12,11 @@ at the reference array's association (point or cell), and field data ``PSNR`` (d
 ``SSIM`` and ``DataRange`` computed by :mod:`srn_core.metrics` (the same numbers ``srn eval`` prints). Without
 scikit-image (as in a bare ParaView Python) ``SSIM`` is NaN and a warning says why.
 
-In parallel each rank compares its own piece, so the metrics are per piece; run it serially for whole-volume
-numbers.
+In parallel (``pvbatch``/``pvserver`` under MPI) each rank compares only its own piece, and the ranks combine
+their sums (:class:`srn_core.metrics.ErrorSums`, a point that two pieces share counted once), so ``PSNR``,
+``MSE``, ``MaxError`` and ``DataRange`` are those of the whole volume on every rank. ``SSIM`` is the mean of the
+pieces' SSIMs weighted by their points: its windows do not cross piece boundaries, so it can differ slightly
+from the serial value.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from vtkmodules.vtkCommonCore import vtkDoubleArray
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
@@ -95,6 +99,9 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         output = vtkImageData.GetData(outInfo)
         output.Initialize()
         self.metrics = {}
+        controller = _piece_controller(outInfo)
+        sums, ssim, failure = metrics.ErrorSums(), math.nan, None
+        image = None
         try:
             check_chunk_size(self._config.chunk_size)
             image = vtkImageData.GetData(inInfo[0])
@@ -107,13 +114,33 @@ class NeuralVolumeError(NeuralAlgorithmBase):
             ref = reference.values
             signed = recon.astype(np.float32) - ref
             mask = reference.finite_mask
-            values = {
-                "PSNR": metrics.psnr(ref, recon, mask=mask),
-                "MaxError": metrics.max_abs_error(ref, recon, mask=mask),
-                "MSE": metrics.mse(ref, recon, mask=mask),
-                "SSIM": self._ssim(ref, recon, mask),
-                "DataRange": metrics.data_range(ref, mask=mask),
-            }
+        except Exception as exc:  # reported below, once the other ranks have been told
+            failure = exc
+        # Under MPI every rank takes part in each exchange, also one that failed, or the others would wait.
+        extents = None
+        if controller is not None:
+            mine = image.GetExtent() if failure is None else (0, -1, 0, -1, 0, -1)
+            extents = _all_extents(controller, mine)
+        if failure is None:
+            try:
+                if extents is not None:  # count each value once across the ranks
+                    owned = _owned(extents, controller.GetLocalProcessId(), used, ref.shape)
+                    mask = owned if mask is None else mask & owned
+                sums = metrics.ErrorSums.of(ref, recon, mask=mask)
+                if sums.count:
+                    ssim = self._ssim(ref, recon, mask)
+            except Exception as exc:
+                failure = exc
+        failed_elsewhere = False
+        if controller is not None:
+            sums, ssim, failed_elsewhere = _combine(controller, sums, ssim, failure is not None)
+        try:
+            if failure is not None:
+                raise failure
+            if failed_elsewhere:
+                raise ValueError("another MPI rank failed (see its error), so there are no whole-volume metrics.")
+            values = {"PSNR": sums.psnr, "MaxError": sums.max_abs, "MSE": sums.mse, "SSIM": ssim,
+                      "DataRange": sums.data_range}
             output.CopyStructure(image)
             attach_array(output, signed, "SignedError", used, active=False)
             attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
@@ -156,3 +183,85 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         except ValueError as exc:  # too thin for a window
             self.warning(f"SSIM is NaN: {exc}")
         return math.nan
+
+
+# ---- parallel pieces ---------------------------------------------------------------------------------
+def _piece_controller(out_info):
+    """The MPI controller when this execution is one of several ranks' pieces, else ``None`` (serial)."""
+    info = out_info.GetInformationObject(0)
+    pieces = info.Get(SDDP.UPDATE_NUMBER_OF_PIECES()) if info.Has(SDDP.UPDATE_NUMBER_OF_PIECES()) else 1
+    if not pieces or pieces < 2:
+        return None
+    from vtkmodules.vtkParallelCore import vtkMultiProcessController
+
+    controller = vtkMultiProcessController.GetGlobalController()
+    if controller is None or controller.GetNumberOfProcesses() != pieces:
+        return None  # pieces streamed by one process: no one to combine with
+    return controller
+
+
+def _all_extents(controller, extent) -> np.ndarray:
+    """``(ranks, 6)``: the extent of every rank's piece (``(0, -1, ...)`` for a rank without one)."""
+    rank, n = controller.GetLocalProcessId(), controller.GetNumberOfProcesses()
+    slots = [0.0] * (6 * n)
+    slots[6 * rank:6 * rank + 6] = [float(v) for v in extent]
+    return np.array(_all_reduce(controller, slots, _sum_op()), dtype=np.int64).reshape(n, 6)
+
+
+def _owned(extents: np.ndarray, rank: int, association: str, shape) -> np.ndarray:
+    """Boolean ``shape`` mask of the values of ``rank``'s piece that it counts: those no lower rank's piece holds.
+
+    Point pieces usually share a layer with their neighbours (VTK splits cells) and cell pieces do not; deciding
+    by the pieces' actual extents makes every value count exactly once either way.
+    """
+    own = extents[rank]
+    index = []
+    for a in range(3):  # x, y, z: the indices of the piece's values along each axis
+        i0, i1 = int(own[2 * a]), int(own[2 * a + 1])
+        index.append(np.arange(i0, i1 + 1) if association == "point" else np.arange(i0, max(i1, i0 + 1)))
+
+    def inside(extent) -> np.ndarray:
+        axes = []
+        for a in range(3):
+            lo, hi = int(extent[2 * a]), int(extent[2 * a + 1])
+            if association == "cell":  # cell i spans points i..i+1; a flat axis has one cell
+                hi = max(hi - 1, lo)
+            axes.append((index[a] >= lo) & (index[a] <= hi))
+        return axes[2][:, None, None] & axes[1][None, :, None] & axes[0][None, None, :]
+
+    mask = np.ones(tuple(len(i) for i in index[::-1]), dtype=bool)
+    for other in range(rank):
+        if all(extents[other][2 * a] <= extents[other][2 * a + 1] for a in range(3)):  # skip empty pieces
+            mask &= ~inside(extents[other])
+    if mask.shape != tuple(shape):
+        raise ValueError(f"the piece's values are shaped {tuple(shape)}, not as its extent {tuple(own)} "
+                         f"implies ({mask.shape}).")
+    return mask
+
+
+def _sum_op():
+    from vtkmodules.vtkParallelCore import vtkCommunicator
+
+    return vtkCommunicator.SUM_OP
+
+
+def _combine(controller, sums: metrics.ErrorSums, ssim: float, failed: bool):
+    """All ranks' sums combined: ``(ErrorSums of the whole, point-weighted SSIM, whether any rank failed)``."""
+    from vtkmodules.vtkParallelCore import vtkCommunicator
+
+    weight = sums.count if math.isfinite(ssim) else 0.0
+    added = _all_reduce(controller, sums.sums() + [ssim * weight if weight else 0.0, weight, float(failed)],
+                        vtkCommunicator.SUM_OP)
+    largest = _all_reduce(controller, sums.maxima(), vtkCommunicator.MAX_OP)
+    whole = metrics.ErrorSums.from_reduced(added[:2], largest)
+    return whole, (added[2] / added[3] if added[3] > 0 else math.nan), added[4] > 0
+
+
+def _all_reduce(controller, values: list[float], operation) -> list[float]:
+    send = vtkDoubleArray()
+    send.SetNumberOfTuples(len(values))
+    for i, v in enumerate(values):
+        send.SetValue(i, v)
+    received = vtkDoubleArray()
+    controller.AllReduce(send, received, operation)
+    return [received.GetValue(i) for i in range(len(values))]

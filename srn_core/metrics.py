@@ -8,6 +8,9 @@ printed anywhere in the project means the same number:
 * ``ssim``: scikit-image's ``structural_similarity`` on the 3-D volume with the same ``range`` (imported only
   when called, so the core keeps needing nothing beyond torch and numpy).
 
+Whole-volume metrics of a volume split into pieces (MPI ranks) come from :class:`ErrorSums`: each piece sums
+what PSNR, MSE, max error and range need, the sums are combined, and the numbers equal those of the whole.
+
 Inputs are array-likes (NumPy arrays or torch tensors) of the same shape. Points where the reference is not
 finite (masked NaN of a :class:`~srn_core.data.Volume` built with ``mask_nonfinite``) and points outside an
 optional boolean ``mask`` are excluded from every metric.
@@ -16,6 +19,7 @@ optional boolean ``mask`` are excluded from every metric.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,6 +126,80 @@ def ssim(reference, reconstruction, data_range: float | None = None, mask=None) 
     return float(ssim_map[inner][counted].mean())
 
 
+@dataclass(frozen=True)
+class ErrorSums:
+    """The additive statistics behind :func:`mse`, :func:`psnr`, :func:`max_abs_error` and :func:`data_range`.
+
+    ``ErrorSums.of(piece_ref, piece_rec)`` for each piece of a volume (no point counted twice), combined with
+    ``+`` (or a reduction of :meth:`sums` with SUM and :meth:`maxima` with MAX across MPI ranks), gives exactly
+    the metrics of the whole volume. A piece with nothing to compare is ``ErrorSums()``.
+    """
+
+    count: float = 0.0
+    sse: float = 0.0
+    """Sum of squared errors (``inf`` once a reconstruction value is not finite)."""
+    max_abs: float = 0.0
+    ref_max: float = -math.inf
+    ref_min: float = math.inf
+
+    @classmethod
+    def of(cls, reference, reconstruction, mask=None) -> "ErrorSums":
+        ref = _as_numpy(reference)
+        rec = _as_numpy(reconstruction)
+        if ref.shape != rec.shape:
+            raise ValueError(f"reference shape {ref.shape} and reconstruction shape {rec.shape} differ.")
+        keep = np.isfinite(ref) if mask is None else np.isfinite(ref) & np.asarray(mask, dtype=bool)
+        if not keep.any():
+            return cls()
+        diff = rec[keep] - ref[keep]
+        finite = bool(np.isfinite(diff).all())
+        vals = ref[keep]
+        return cls(count=float(keep.sum()), sse=float(np.sum(diff * diff)) if finite else math.inf,
+                   max_abs=float(np.abs(diff).max()) if finite else math.inf,
+                   ref_max=float(vals.max()), ref_min=float(vals.min()))
+
+    def __add__(self, other: "ErrorSums") -> "ErrorSums":
+        return ErrorSums(self.count + other.count, self.sse + other.sse, max(self.max_abs, other.max_abs),
+                         max(self.ref_max, other.ref_max), min(self.ref_min, other.ref_min))
+
+    def sums(self) -> list[float]:
+        """The entries combined by summation: ``[count, sse]``."""
+        return [self.count, self.sse]
+
+    def maxima(self) -> list[float]:
+        """The entries combined by maximum: ``[max_abs, ref_max, -ref_min]``."""
+        return [self.max_abs, self.ref_max, -self.ref_min]
+
+    @classmethod
+    def from_reduced(cls, sums, maxima) -> "ErrorSums":
+        """Inverse of :meth:`sums` / :meth:`maxima` after a reduction."""
+        return cls(float(sums[0]), float(sums[1]), float(maxima[0]), float(maxima[1]), -float(maxima[2]))
+
+    def _check(self) -> None:
+        if self.count <= 0:
+            raise ValueError("no point is both finite in the reference and inside the mask; nothing to compare.")
+
+    @property
+    def mse(self) -> float:
+        self._check()
+        return self.sse / self.count
+
+    @property
+    def data_range(self) -> float:
+        self._check()
+        return self.ref_max - self.ref_min
+
+    @property
+    def psnr(self) -> float:
+        """As :func:`psnr` with the reference's own range."""
+        err, rng = self.mse, self.data_range
+        if err == 0.0:
+            return math.inf
+        if rng == 0.0 or not math.isfinite(err):
+            return -math.inf
+        return 20.0 * math.log10(rng) - 10.0 * math.log10(err)
+
+
 def _range(reference, given: float | None, mask) -> float:
     if given is None:
         return data_range(reference, mask)
@@ -131,4 +209,4 @@ def _range(reference, given: float | None, mask) -> float:
     return rng
 
 
-__all__ = ["data_range", "mse", "psnr", "max_abs_error", "ssim"]
+__all__ = ["data_range", "mse", "psnr", "max_abs_error", "ssim", "ErrorSums"]

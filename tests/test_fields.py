@@ -139,3 +139,25 @@ def test_fits_a_smooth_field(arch, analytic_volume, one_thread):
     result = train(analytic_volume, field, TrainConfig(steps=steps, batch_size=2048, lr=lr, seed=0, device="cpu"))
     assert result.steps == steps
     assert result.psnr >= floor, f"{arch}: {result.psnr:.2f} dB after {steps} steps (floor {floor} dB)"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoder_blocked_evaluation_equals_the_training_path(bias):
+    """Without autograd the MLP runs in cache-sized row blocks; every row must come out as in one pass."""
+    from srn_core.fields.mlp import INFERENCE_BLOCK_ROWS, MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(16, 2, width=32, n_hidden_layers=3, bias=bias)
+    if bias:
+        with torch.no_grad():
+            for layer in mlp.linears:
+                layer.bias.normal_()
+    x = torch.randn(2 * INFERENCE_BLOCK_ROWS + 123, 16)
+    with torch.enable_grad():
+        reference = mlp(x)
+    assert reference.requires_grad
+    with torch.inference_mode():
+        blocked = mlp(x)
+    assert blocked.shape == (x.shape[0], 2) and not blocked.requires_grad
+    torch.testing.assert_close(blocked, reference.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(blocked[:10], blocked[-10:])  # the rows are really different inputs

@@ -66,3 +66,24 @@ def test_errors_name_the_problem():
         metrics.psnr(np.zeros((2, 2, 2)), np.ones((2, 2, 2)), data_range=-1)
     with pytest.raises(ValueError, match="at least 3 points"):
         metrics.ssim(np.zeros((2, 5, 5)), np.zeros((2, 5, 5)))
+
+
+def test_error_sums_of_pieces_equal_the_whole_volume_metrics():
+    """Pieces (as MPI ranks hold them) combined through sums and maxima give the whole volume's numbers."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(9, 8, 7)) * 40.0 + 100.0
+    ref[2, 3, 4] = np.nan  # a masked point of the reference
+    rec = ref + rng.normal(size=ref.shape) * 0.7
+    pieces = [metrics.ErrorSums.of(ref[:4], rec[:4]), metrics.ErrorSums.of(ref[4:], rec[4:]), metrics.ErrorSums()]
+    combined = pieces[0] + pieces[1] + pieces[2]
+    sums = np.sum([p.sums() for p in pieces], axis=0)
+    maxima = np.max([p.maxima() for p in pieces], axis=0)
+    reduced = metrics.ErrorSums.from_reduced(sums, maxima)
+    for total in (combined, reduced):
+        assert total.count == ref.size - 1
+        assert total.psnr == pytest.approx(metrics.psnr(ref, rec), abs=1e-9)
+        assert total.mse == pytest.approx(metrics.mse(ref, rec), rel=1e-12)
+        assert total.max_abs == metrics.max_abs_error(ref, rec)
+        assert total.data_range == metrics.data_range(ref)
+    with pytest.raises(ValueError, match="nothing to compare"):
+        metrics.ErrorSums().psnr

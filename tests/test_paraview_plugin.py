@@ -222,6 +222,45 @@ def test_example_script_under_mpi_writes_the_same_pvti(pv_env, trained_model, tm
     assert len(list((tmp_path / "out").glob("*.vti"))) == 2
 
 
+ERROR_MPI_BODY = """
+    from paraview import servermanager
+    pm = servermanager.vtkProcessModule.GetProcessModule()
+    rank, ranks = pm.GetPartitionId(), pm.GetNumberOfLocalPartitions()
+    reader = XMLImageDataReader(FileName=[sys.argv[2]])
+    error = NeuralVolumeError(Input=reader, ModelFileName=sys.argv[1], Device="cpu")
+    error.UpdatePipeline()
+    algorithm = error.GetClientSideObject()  # this rank's own VTK object (pvbatch --symmetric)
+    local = algorithm.GetOutputDataObject(0)
+    json.dump({"rank": rank, "ranks": ranks, "points": local.GetNumberOfPoints(), "metrics": algorithm.metrics,
+               "error": algorithm.last_error}, open(os.path.join(OUT, "error%d.json" % rank), "w"))
+"""
+
+
+def test_error_metrics_under_mpi_are_those_of_the_whole_volume(pv_env, trained_model, analytic_volume, tmp_path):
+    """Two ranks each compare their own piece, then combine: every rank reports the whole volume's metrics."""
+    path, model = trained_model
+    reference = tmp_path / "reference.vti"
+    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
+        "--symmetric", script(tmp_path, ERROR_MPI_BODY, load="py"), str(path), str(reference)]
+    run_ok(cmd, pv_env, timeout=240)
+    recon = model.resample(analytic_volume.geometry)
+    expected = {"PSNR": metrics.psnr(analytic_volume.values, recon),
+                "MaxError": metrics.max_abs_error(analytic_volume.values, recon),
+                "MSE": metrics.mse(analytic_volume.values, recon),
+                "DataRange": metrics.data_range(analytic_volume.values)}
+    whole = analytic_volume.geometry.num_points
+    ranks = [json.loads((tmp_path / f"error{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["ranks"] == 2 and r["error"] is None
+        assert 0 < r["points"] < whole  # a piece, not the whole volume
+        for name, value in expected.items():
+            assert r["metrics"][name] == pytest.approx(value, rel=1e-5), name
+    assert sum(r["points"] for r in ranks) >= whole
+    # SSIM (NaN where ParaView's Python lacks scikit-image) is combined too: the ranks agree on it.
+    assert json.dumps(ranks[0]["metrics"]["SSIM"]) == json.dumps(ranks[1]["metrics"]["SSIM"])
+
+
 def side_by_side_render(first: str, second: str, array: str, preset: str, low: float, high: float,
                         azimuth: float, elevation: float, background=(0.1, 0.1, 0.15)) -> str:
     """pvpython code that volume-renders the proxies named ``first`` and ``second`` one after the other in one

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+INFERENCE_BLOCK_ROWS = 4096
+"""Rows per block when no gradient is needed. Narrow layers are memory bound: a block whose activations stay in
+the core's cache decodes 2.5-3.7x faster on CPU than one pass over a large batch (measured for 16-128 wide layers,
+262k points, 2 threads; see docs/rendering.md)."""
 
 
 class MLP(nn.Sequential):
@@ -25,6 +31,19 @@ class MLP(nn.Sequential):
                 nn.init.xavier_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.shape[0] <= INFERENCE_BLOCK_ROWS:
+            return super().forward(x)
+        # Evaluation: the same layers, one cache-sized block of rows at a time (rows are independent).
+        linears = self.linears
+        out = x.new_empty(x.shape[0], linears[-1].out_features)
+        for start in range(0, x.shape[0], INFERENCE_BLOCK_ROWS):
+            h = x[start:start + INFERENCE_BLOCK_ROWS]
+            for layer in linears[:-1]:
+                h = F.linear(h, layer.weight, layer.bias).relu_()
+            out[start:start + INFERENCE_BLOCK_ROWS] = F.linear(h, linears[-1].weight, linears[-1].bias)
+        return out
 
     @property
     def linears(self) -> list[nn.Linear]:
