@@ -25,14 +25,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from vtkmodules.vtkCommonCore import vtkDoubleArray
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
 from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
 
-from . import model_cache
+from . import model_cache, parallel
 from ._algorithm import NeuralAlgorithmBase
 from .train_neural_volume import add_field_values, attach_array, selected_array
 from .vtk_image import array_names, volume_from_image
@@ -99,7 +98,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         output = vtkImageData.GetData(outInfo)
         output.Initialize()
         self.metrics = {}
-        controller = _piece_controller(outInfo)
+        controller = parallel.piece_controller(outInfo)
         sums, ssim, failure = metrics.ErrorSums(), math.nan, None
         image = None
         try:
@@ -120,7 +119,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         extents = None
         if controller is not None:
             mine = image.GetExtent() if failure is None else (0, -1, 0, -1, 0, -1)
-            extents = _all_extents(controller, mine)
+            extents = parallel.all_extents(controller, mine)
         if failure is None:
             try:
                 if extents is not None:  # count each value once across the ranks
@@ -186,29 +185,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
 
 
 # ---- parallel pieces ---------------------------------------------------------------------------------
-def _piece_controller(out_info):
-    """The MPI controller when this execution is one of several ranks' pieces, else ``None`` (serial)."""
-    info = out_info.GetInformationObject(0)
-    pieces = info.Get(SDDP.UPDATE_NUMBER_OF_PIECES()) if info.Has(SDDP.UPDATE_NUMBER_OF_PIECES()) else 1
-    if not pieces or pieces < 2:
-        return None
-    from vtkmodules.vtkParallelCore import vtkMultiProcessController
-
-    controller = vtkMultiProcessController.GetGlobalController()
-    if controller is None or controller.GetNumberOfProcesses() != pieces:
-        return None  # pieces streamed by one process: no one to combine with
-    return controller
-
-
-def _all_extents(controller, extent) -> np.ndarray:
-    """``(ranks, 6)``: the extent of every rank's piece (``(0, -1, ...)`` for a rank without one)."""
-    rank, n = controller.GetLocalProcessId(), controller.GetNumberOfProcesses()
-    slots = [0.0] * (6 * n)
-    slots[6 * rank:6 * rank + 6] = [float(v) for v in extent]
-    return np.array(_all_reduce(controller, slots, _sum_op()), dtype=np.int64).reshape(n, 6)
-
-
-def _owned(extents: np.ndarray, rank: int, association: str, shape) -> np.ndarray:
+def _owned(extents, rank: int, association: str, shape) -> np.ndarray:
     """Boolean ``shape`` mask of the values of ``rank``'s piece that it counts: those no lower rank's piece holds.
 
     Point pieces usually share a layer with their neighbours (VTK splits cells) and cell pieces do not; deciding
@@ -239,29 +216,10 @@ def _owned(extents: np.ndarray, rank: int, association: str, shape) -> np.ndarra
     return mask
 
 
-def _sum_op():
-    from vtkmodules.vtkParallelCore import vtkCommunicator
-
-    return vtkCommunicator.SUM_OP
-
-
 def _combine(controller, sums: metrics.ErrorSums, ssim: float, failed: bool):
     """All ranks' sums combined: ``(ErrorSums of the whole, point-weighted SSIM, whether any rank failed)``."""
-    from vtkmodules.vtkParallelCore import vtkCommunicator
-
     weight = sums.count if math.isfinite(ssim) else 0.0
-    added = _all_reduce(controller, sums.sums() + [ssim * weight if weight else 0.0, weight, float(failed)],
-                        vtkCommunicator.SUM_OP)
-    largest = _all_reduce(controller, sums.maxima(), vtkCommunicator.MAX_OP)
+    added = parallel.all_reduce(controller, sums.sums() + [ssim * weight if weight else 0.0, weight, float(failed)])
+    largest = parallel.all_reduce(controller, sums.maxima(), "max")
     whole = metrics.ErrorSums.from_reduced(added[:2], largest)
     return whole, (added[2] / added[3] if added[3] > 0 else math.nan), added[4] > 0
-
-
-def _all_reduce(controller, values: list[float], operation) -> list[float]:
-    send = vtkDoubleArray()
-    send.SetNumberOfTuples(len(values))
-    for i, v in enumerate(values):
-        send.SetValue(i, v)
-    received = vtkDoubleArray()
-    controller.AllReduce(send, received, operation)
-    return [received.GetValue(i) for i in range(len(values))]

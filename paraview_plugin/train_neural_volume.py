@@ -15,6 +15,10 @@ sampled at the input's points, or cell centres for cell data) under the input ar
 ``PSNR`` (dB, whole volume), ``CompressionRatio``, ``NumberOfParameters``, ``TrainingSeconds`` and
 ``TrainingSteps``. Progress is reported through ``UpdateProgress``; an abort request (``SetAbortExecute`` /
 ParaView's abort) stops training, writes nothing and leaves the output empty.
+
+Under MPI (``pvbatch``, ``pvserver``) training needs the whole volume, not a piece: rank 0 asks its input for
+the whole extent, trains and writes the model, and every rank then evaluates the model on its own piece of the
+output (so ``ModelFileName`` must be on a file system all ranks see). The other ranks only read their piece.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ from pathlib import Path
 from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
 from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
+from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
 
+from srn_core.geometry import ImageGeometry
+
+from . import parallel
 from ._algorithm import NeuralAlgorithmBase
 from .vtk_image import array_names, volume_from_image
 
@@ -139,57 +147,49 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         self._set(chunk_size=int(chunk_size))
 
     # ---- pipeline ------------------------------------------------------------------------------
-    def RequestData(self, request, inInfo, outInfo):
-        from srn_core.fields import field_for_budget
-        from srn_core.training import TrainConfig, TrainingInterrupted, train
+    def RequestUpdateExtent(self, request, inInfo, outInfo):
+        """Under MPI, rank 0 trains on the whole volume: it asks for all of it instead of its piece."""
+        controller = parallel.piece_controller(outInfo)
+        if controller is not None and controller.GetLocalProcessId() == 0:
+            info = inInfo[0].GetInformationObject(0)
+            info.Set(SDDP.UPDATE_PIECE_NUMBER(), 0)
+            info.Set(SDDP.UPDATE_NUMBER_OF_PIECES(), 1)
+            info.Set(SDDP.UPDATE_EXTENT(), info.Get(SDDP.WHOLE_EXTENT()), 6)
+        return 1
 
+    def RequestData(self, request, inInfo, outInfo):
         output = vtkImageData.GetData(outInfo)
         output.Initialize()
         self.result = None
-        c = self._config
+        controller = parallel.piece_controller(outInfo)
+        trains = controller is None or controller.GetLocalProcessId() == 0
+        failure, aborted, summary = None, False, {}
         try:
-            image = vtkImageData.GetData(inInfo[0])
-            if image is None or image.GetNumberOfPoints() == 0:
-                raise ValueError("the input image is empty.")
-            path = self._checked_output_path()
-            check_chunk_size(c.chunk_size)
-            if c.parameter_budget < 1000:
-                raise ValueError(f"ParameterBudget must be at least 1000, got {c.parameter_budget}.")
-            name, association = selected_array(self, 0)
-            volume = volume_from_image(image, name, c.mask_non_finite, association)
-            used = association or ("point" if volume.name in array_names(image)["point"] else "cell")
-            config = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate, seed=c.seed,
-                                 device=c.device, time_limit=c.time_limit if c.time_limit > 0 else None)
-            field = field_for_budget(c.architecture, c.parameter_budget, volume.geometry.shape, volume.value_range)
-
-            def progress(state) -> bool:
-                # Training is nearly all of the work; the final evaluation is the last few percent.
-                self.UpdateProgress(0.95 * state.step / max(1, state.steps))
-                return bool(self.CheckAbort())
-
-            # An abort request ends this execution only; the flag is not reset by VTK itself.
-            self.SetAbortExecute(0)
-            self.UpdateProgress(0.0)
-            try:
-                result = train(volume, field, config, callback=progress,
-                               callback_every=max(1, min(25, c.steps // 100)))
-            except TrainingInterrupted as exc:
-                self.warning(f"aborted: {exc} No model was written.")
+            image, volume, used, path = self._checked_input(inInfo)
+            if trains:
+                summary = self._train(volume, path)
+                aborted = summary is None
+        except Exception as exc:  # reported below, once the other ranks have been told
+            failure = exc
+        if controller is not None:  # rank 0's outcome, for every rank
+            keys = ("PSNR", "CompressionRatio", "NumberOfParameters", "TrainingSeconds", "TrainingSteps")
+            shared = parallel.all_reduce(controller, [float(failure is not None), float(aborted)]
+                                         + [float((summary or {}).get(k, 0.0)) for k in keys])
+            if failure is None and shared[0] > 0:
+                failure = ValueError("another MPI rank failed (see its error), so no model was trained.")
+            aborted = shared[1] > 0
+            if failure is None and not aborted and not trains:
+                summary = dict(zip(keys, shared[2:]))
+        try:
+            if failure is not None:
+                raise failure
+            if aborted:
                 output.Initialize()
                 return 1
-            result.model.save(path)
-            recon = result.model.resample(chunk_size=c.chunk_size)
-            output.CopyStructure(image)
-            attach_array(output, recon, volume.name, used)
-            add_field_values(output, {
-                "PSNR": result.psnr,
-                "CompressionRatio": result.model.compression_ratio,
-                "NumberOfParameters": result.model.num_parameters,
-                "TrainingSeconds": result.seconds,
-                "TrainingSteps": result.steps,
-                "ModelFileName": str(path),
-            })
-            self.result = result
+            model = self.result.model if self.result is not None else _load_model(path)
+            self._fill_output(output, image, outInfo if controller is not None else None, model, volume.name,
+                              used)
+            add_field_values(output, {**summary, "ModelFileName": str(path)})
             self.UpdateProgress(1.0)
         except Exception as exc:
             self.error(exc)
@@ -197,6 +197,63 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             return 1
         self.last_error = None
         return 1
+
+    def _checked_input(self, inInfo):
+        """``(image, volume, association, model path)`` of the input, or a clear error before any training."""
+        c = self._config
+        image = vtkImageData.GetData(inInfo[0])
+        if image is None or image.GetNumberOfPoints() == 0:
+            raise ValueError("the input image is empty.")
+        path = self._checked_output_path()
+        check_chunk_size(c.chunk_size)
+        if c.parameter_budget < 1000:
+            raise ValueError(f"ParameterBudget must be at least 1000, got {c.parameter_budget}.")
+        name, association = selected_array(self, 0)
+        volume = volume_from_image(image, name, c.mask_non_finite, association)
+        used = association or ("point" if volume.name in array_names(image)["point"] else "cell")
+        return image, volume, used, path
+
+    def _train(self, volume, path) -> dict | None:
+        """Train on ``volume``, write the model to ``path``; its summary, or ``None`` when aborted."""
+        from srn_core.fields import field_for_budget
+        from srn_core.training import TrainConfig, TrainingInterrupted, train
+
+        c = self._config
+        config = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate, seed=c.seed,
+                             device=c.device, time_limit=c.time_limit if c.time_limit > 0 else None)
+        field = field_for_budget(c.architecture, c.parameter_budget, volume.geometry.shape, volume.value_range)
+
+        def progress(state) -> bool:
+            # Training is nearly all of the work; the final evaluation is the last few percent.
+            self.UpdateProgress(0.95 * state.step / max(1, state.steps))
+            return bool(self.CheckAbort())
+
+        # An abort request ends this execution only; the flag is not reset by VTK itself.
+        self.SetAbortExecute(0)
+        self.UpdateProgress(0.0)
+        try:
+            result = train(volume, field, config, callback=progress, callback_every=max(1, min(25, c.steps // 100)))
+        except TrainingInterrupted as exc:
+            self.warning(f"aborted: {exc} No model was written.")
+            return None
+        result.model.save(path)
+        self.result = result
+        return {"PSNR": result.psnr, "CompressionRatio": result.model.compression_ratio,
+                "NumberOfParameters": result.model.num_parameters, "TrainingSeconds": result.seconds,
+                "TrainingSteps": result.steps}
+
+    def _fill_output(self, output, image, piece_info, model, name: str, association: str) -> None:
+        """The reconstruction on the input's grid; under MPI (``piece_info`` given) on this rank's piece only."""
+        if piece_info is None:
+            output.CopyStructure(image)
+            values = model.resample(chunk_size=self._config.chunk_size)
+        else:
+            extent = parallel.piece_extent(piece_info)
+            output.SetExtent(*extent)
+            output.SetOrigin(image.GetOrigin())
+            output.SetSpacing(image.GetSpacing())
+            values = model.resample(_values_geometry(output, association), chunk_size=self._config.chunk_size)
+        attach_array(output, values, name, association)
 
     def _checked_output_path(self) -> Path:
         """The model path, checked before training so a mistake costs no training time."""
@@ -209,3 +266,24 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         if not path.parent.is_dir():
             raise FileNotFoundError(f"ModelFileName {name!r}: the folder {str(path.parent)!r} does not exist.")
         return path
+
+
+def _values_geometry(image: vtkImageData, association: str) -> ImageGeometry:
+    """Where ``image``'s values of ``association`` sit: its points, or its cell centres."""
+    from .vtk_image import image_geometry
+
+    g = image_geometry(image)
+    if association == "point":
+        return g
+    dims = tuple(max(1, d - 1) for d in g.dims)
+    origin = tuple(g.origin[a] + (0.5 * g.spacing[a] if g.dims[a] > 1 else 0.0) for a in range(3))
+    return ImageGeometry(dims, origin, g.spacing)
+
+
+def _load_model(path):
+    from srn_core.model import NeuralVolume
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"the model rank 0 wrote, {str(path)!r}, is not visible here; under MPI "
+                                f"ModelFileName must be on a file system every rank shares.")
+    return NeuralVolume.load(path)

@@ -261,6 +261,54 @@ def test_error_metrics_under_mpi_are_those_of_the_whole_volume(pv_env, trained_m
     assert json.dumps(ranks[0]["metrics"]["SSIM"]) == json.dumps(ranks[1]["metrics"]["SSIM"])
 
 
+TRAIN_MPI_BODY = """
+    from paraview import servermanager
+    pm = servermanager.vtkProcessModule.GetProcessModule()
+    rank, ranks = pm.GetPartitionId(), pm.GetNumberOfLocalPartitions()
+    reader = XMLImageDataReader(FileName=[sys.argv[1]])
+    trainer = TrainNeuralVolume(Input=reader, ModelFileName=os.path.join(OUT, "model.srn"), Steps=60,
+                                ParameterBudget=5000, BatchSize=4096, Device="cpu")
+    trainer.UpdatePipeline()
+    algorithm = trainer.GetClientSideObject()  # this rank's own VTK object (pvbatch --symmetric)
+    local = algorithm.GetOutputDataObject(0)
+    fields = local.GetFieldData()
+    json.dump({"rank": rank, "ranks": ranks, "points": local.GetNumberOfPoints(), "error": algorithm.last_error,
+               "trained": algorithm.result is not None,
+               "psnr": fields.GetArray("PSNR").GetValue(0) if fields.GetArray("PSNR") else None,
+               "steps": fields.GetArray("TrainingSteps").GetValue(0) if fields.GetArray("TrainingSteps") else None},
+              open(os.path.join(OUT, "train%d.json" % rank), "w"))
+    SaveData(os.path.join(OUT, "recon.pvti"), proxy=trainer)
+"""
+
+
+def test_training_under_mpi_uses_the_whole_volume_and_each_rank_outputs_its_piece(pv_env, analytic_volume,
+                                                                                 tmp_path):
+    """Rank 0 trains on the whole volume (not its piece); every rank reports its metrics and evaluates its piece."""
+    from srn_core.model import NeuralVolume
+
+    reference = tmp_path / "reference.vti"
+    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
+        "--symmetric", script(tmp_path, TRAIN_MPI_BODY, load="py"), str(reference)]
+    run_ok(cmd, pv_env, timeout=300)
+    model = NeuralVolume.load(tmp_path / "model.srn")
+    assert model.geometry == analytic_volume.geometry  # trained on the whole volume, not a piece
+    assert model.training["steps"] == 60
+    recon = model.resample()
+    psnr = metrics.psnr(analytic_volume.values, recon)
+    ranks = [json.loads((tmp_path / f"train{r}.json").read_text()) for r in range(2)]
+    whole = analytic_volume.geometry.num_points
+    assert [r["trained"] for r in ranks] == [True, False]
+    for r in ranks:
+        assert r["ranks"] == 2 and r["error"] is None
+        assert 0 < r["points"] < whole
+        assert r["steps"] == 60 and r["psnr"] == pytest.approx(psnr, abs=1e-4)
+    stitched = read_image(tmp_path / "recon.pvti")
+    assert stitched.GetExtent() == analytic_volume.geometry.whole_extent
+    np.testing.assert_allclose(stitched.GetOrigin(), analytic_volume.geometry.origin, atol=1e-9)
+    np.testing.assert_allclose(values_of(stitched, "density"), recon, rtol=0, atol=1e-5)
+
+
 def side_by_side_render(first: str, second: str, array: str, preset: str, low: float, high: float,
                         azimuth: float, elevation: float, background=(0.1, 0.1, 0.15)) -> str:
     """pvpython code that volume-renders the proxies named ``first`` and ``second`` one after the other in one
