@@ -35,4 +35,10 @@ if [ ! -f .pvvenv/.neural-volume-ready ]; then
   .pvvenv/bin/pip install -q --disable-pip-version-check torch==2.13.0 safetensors
   touch .pvvenv/.neural-volume-ready
 fi
+if [ ! -f .pvvenv/.neural-volume-skimage ]; then
+  log "adding scikit-image to .pvvenv (SSIM in Neural Volume Error)"
+  # --no-deps: its dependencies would replace Debian's numpy and pillow, which ParaView's own modules import.
+  .pvvenv/bin/pip install -q --disable-pip-version-check --no-deps scikit-image==0.26.0 scipy==1.15.3 lazy-loader==0.6
+  touch .pvvenv/.neural-volume-skimage
+fi
 log "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')), .pvvenv, ParaView $(pvpython --version 2>/dev/null | awk '{print $NF}')"

@@ -257,8 +257,12 @@ def test_error_metrics_under_mpi_are_those_of_the_whole_volume(pv_env, trained_m
         for name, value in expected.items():
             assert r["metrics"][name] == pytest.approx(value, rel=1e-5), name
     assert sum(r["points"] for r in ranks) >= whole
-    # SSIM (NaN where ParaView's Python lacks scikit-image) is combined too: the ranks agree on it.
-    assert json.dumps(ranks[0]["metrics"]["SSIM"]) == json.dumps(ranks[1]["metrics"]["SSIM"])
+    # SSIM (NaN where ParaView's Python lacks scikit-image) is combined too: the ranks agree on it, and it is
+    # close to the whole volume's (windows do not cross the piece boundary).
+    ssim = [r["metrics"]["SSIM"] for r in ranks]
+    assert json.dumps(ssim[0]) == json.dumps(ssim[1])
+    if not math.isnan(ssim[0]):
+        assert ssim[0] == pytest.approx(metrics.ssim(analytic_volume.values, recon), abs=0.01)
 
 
 TRAIN_MPI_BODY = """
