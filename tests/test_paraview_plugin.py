@@ -313,6 +313,43 @@ def test_training_under_mpi_uses_the_whole_volume_and_each_rank_outputs_its_piec
     np.testing.assert_allclose(values_of(stitched, "density"), recon, rtol=0, atol=1e-5)
 
 
+BAD_MPI_BODY = """
+    from paraview import servermanager
+    rank = servermanager.vtkProcessModule.GetProcessModule().GetPartitionId()
+    reader = XMLImageDataReader(FileName=[sys.argv[1]])
+    trainer = TrainNeuralVolume(Input=reader, ModelFileName=os.path.join(OUT, "missing", "m.srn"), Steps=5)
+    trainer.UpdatePipeline()
+    error = NeuralVolumeError(Input=reader, ModelFileName=os.path.join(OUT, "missing.srn"))
+    error.UpdatePipeline()
+    # A NaN at x = 0 is in rank 0's input (the whole volume) but not in rank 1's piece: one rank fails alone.
+    nan_reader = XMLImageDataReader(FileName=[sys.argv[2]])
+    lonely = TrainNeuralVolume(Input=nan_reader, ModelFileName=os.path.join(OUT, "nan.srn"), Steps=5)
+    lonely.UpdatePipeline()
+    json.dump({"train": trainer.GetClientSideObject().last_error, "error": error.GetClientSideObject().last_error,
+               "lonely": lonely.GetClientSideObject().last_error},
+              open(os.path.join(OUT, "bad%d.json" % rank), "w"))
+"""
+
+
+def test_bad_input_under_mpi_fails_cleanly_on_every_rank(pv_env, analytic_volume, tmp_path):
+    """The filters that exchange data between ranks must not hang when the input is wrong: each rank errors."""
+    reference = tmp_path / "reference.vti"
+    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    with_nan = analytic_volume.values.copy()
+    with_nan[:, :, 0] = np.nan
+    write_vti(tmp_path / "nan.vti", image_from_array(with_nan, analytic_volume.geometry, "density"))
+    cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
+        "--symmetric", script(tmp_path, BAD_MPI_BODY, load="py"), str(reference), str(tmp_path / "nan.vti")]
+    run_ok(cmd, pv_env, timeout=120)
+    reports = [json.loads((tmp_path / f"bad{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert "TrainNeuralVolume" in report["train"] and "does not exist" in report["train"]
+        assert "NeuralVolumeError" in report["error"] and "missing.srn" in report["error"]
+    assert "NaN" in reports[0]["lonely"] or "non-finite" in reports[0]["lonely"], reports[0]["lonely"]
+    assert "another MPI rank failed" in reports[1]["lonely"]
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "nan.srn").exists()
+
+
 def side_by_side_render(first: str, second: str, array: str, preset: str, low: float, high: float,
                         azimuth: float, elevation: float, background=(0.1, 0.1, 0.15)) -> str:
     """pvpython code that volume-renders the proxies named ``first`` and ``second`` one after the other in one
