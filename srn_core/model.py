@@ -122,8 +122,9 @@ class NeuralVolume:
         ]
         if self.time_steps:
             lines.append(f"time steps    {self.time_steps}")
+        width = max((len(k) for k in self.training), default=0) + 2  # keys such as stopped_because stay apart
         for k, v in self.training.items():
-            lines.append(f"training.{k:<14}{v}")
+            lines.append(f"training.{k:<{width}}{v}")
         return "\n".join(lines)
 
 

@@ -46,6 +46,9 @@ def test_train_prints_psnr_and_ratio_and_writes_a_loadable_model(trained):
     assert model.training["psnr"] == pytest.approx(psnr, abs=0.01)
     info = srn("info", d / "m.srn")
     assert info.returncode == 0 and "apmgsrn" in info.stdout and "25 x 21 x 17" in info.stdout
+    # every provenance line is "key  value", also for the longest keys
+    rows = [line.split() for line in info.stdout.splitlines() if line.startswith("training.")]
+    assert ["training.stopped_because", "steps"] in rows and len(rows) == len(model.training)
 
 
 def test_resample_writes_vti_with_geometry_and_values_of_the_model(trained, tmp_path):
