@@ -100,27 +100,29 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         self.metrics = {}
         controller = parallel.piece_controller(outInfo)
         sums, ssim, failure = metrics.ErrorSums(), math.nan, None
-        image = None
+        image = vtkImageData.GetData(inInfo[0])
+        # Under MPI a rank may receive an empty piece (more ranks than slabs): it contributes nothing.
+        empty_piece = controller is not None and (image is None or image.GetNumberOfPoints() == 0)
         try:
             check_chunk_size(self._config.chunk_size)
-            image = vtkImageData.GetData(inInfo[0])
-            if image is None or image.GetNumberOfPoints() == 0:
-                raise ValueError("the reference (input 0) is empty.")
-            name, association = selected_array(self, 0)
-            reference = volume_from_image(image, name, mask_nonfinite=True, association=association)
-            used = association or ("point" if reference.name in array_names(image)["point"] else "cell")
-            recon = self._reconstruction(inInfo, reference, used)
-            ref = reference.values
-            signed = recon.astype(np.float32) - ref
-            mask = reference.finite_mask
+            if not empty_piece:
+                if image is None or image.GetNumberOfPoints() == 0:
+                    raise ValueError("the reference (input 0) is empty.")
+                name, association = selected_array(self, 0)
+                reference = volume_from_image(image, name, mask_nonfinite=True, association=association)
+                used = association or ("point" if reference.name in array_names(image)["point"] else "cell")
+                recon = self._reconstruction(inInfo, reference, used)
+                ref = reference.values
+                signed = recon.astype(np.float32) - ref
+                mask = reference.finite_mask
         except Exception as exc:  # reported below, once the other ranks have been told
             failure = exc
         # Under MPI every rank takes part in each exchange, also one that failed, or the others would wait.
         extents = None
         if controller is not None:
-            mine = image.GetExtent() if failure is None else (0, -1, 0, -1, 0, -1)
+            mine = image.GetExtent() if failure is None and not empty_piece else (0, -1, 0, -1, 0, -1)
             extents = parallel.all_extents(controller, mine)
-        if failure is None:
+        if failure is None and not empty_piece:
             try:
                 if extents is not None:  # count each value once across the ranks
                     owned = _owned(extents, controller.GetLocalProcessId(), used, ref.shape)
@@ -140,9 +142,10 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 raise ValueError("another MPI rank failed (see its error), so there are no whole-volume metrics.")
             values = {"PSNR": sums.psnr, "MaxError": sums.max_abs, "MSE": sums.mse, "SSIM": ssim,
                       "DataRange": sums.data_range}
-            output.CopyStructure(image)
-            attach_array(output, signed, "SignedError", used, active=False)
-            attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
+            if not empty_piece:
+                output.CopyStructure(image)
+                attach_array(output, signed, "SignedError", used, active=False)
+                attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
             add_field_values(output, values)
             self.metrics = values
         except Exception as exc:

@@ -164,8 +164,14 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         controller = parallel.piece_controller(outInfo)
         trains = controller is None or controller.GetLocalProcessId() == 0
         failure, aborted, summary = None, False, {}
+        image = vtkImageData.GetData(inInfo[0])
+        # Under MPI a rank other than 0 may receive an empty piece (more ranks than slabs): it only waits.
+        empty_piece = not trains and (image is None or image.GetNumberOfPoints() == 0)
         try:
-            image, volume, used, path = self._checked_input(inInfo)
+            if empty_piece:
+                path = self._checked_output_path()
+            else:
+                image, volume, used, path = self._checked_input(inInfo)
             if trains:
                 summary = self._train(volume, path)
                 aborted = summary is None
@@ -185,6 +191,12 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                 raise failure
             if aborted:
                 output.Initialize()
+                return 1
+            if empty_piece:
+                if not _is_empty(parallel.piece_extent(outInfo)):
+                    raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
+                add_field_values(output, {**summary, "ModelFileName": str(path)})
+                self.last_error = None
                 return 1
             model = self.result.model if self.result is not None else _load_model(path)
             self._fill_output(output, image, outInfo if controller is not None else None, model, volume.name,
@@ -278,6 +290,10 @@ def _values_geometry(image: vtkImageData, association: str) -> ImageGeometry:
     dims = tuple(max(1, d - 1) for d in g.dims)
     origin = tuple(g.origin[a] + (0.5 * g.spacing[a] if g.dims[a] > 1 else 0.0) for a in range(3))
     return ImageGeometry(dims, origin, g.spacing)
+
+
+def _is_empty(extent) -> bool:
+    return any(extent[2 * a] > extent[2 * a + 1] for a in range(3))
 
 
 def _load_model(path):

@@ -313,6 +313,26 @@ def test_training_under_mpi_uses_the_whole_volume_and_each_rank_outputs_its_piec
     np.testing.assert_allclose(values_of(stitched, "density"), recon, rtol=0, atol=1e-5)
 
 
+def test_error_metrics_with_more_ranks_than_slabs(pv_env, trained_model, tmp_path):
+    """Three ranks on a one-cell image: the ranks with an empty piece contribute nothing and fail nothing."""
+    path, model = trained_model
+    geometry = ImageGeometry.from_bounds(model.bounds, (2, 2, 2))
+    values = (model.resample(geometry) + np.arange(8, dtype=np.float32).reshape(2, 2, 2) * 0.01).astype(np.float32)
+    write_vti(tmp_path / "tiny.vti", image_from_array(values, geometry, "density"))
+    body = ERROR_MPI_BODY.replace('"error%d.json"', '"tiny%d.json"')
+    cmd = paraview_env.mpirun_command(3, "pvbatch", pv_env) + [
+        "--symmetric", script(tmp_path, body, load="py"), str(path), str(tmp_path / "tiny.vti")]
+    run_ok(cmd, pv_env, timeout=240)
+    ranks = [json.loads((tmp_path / f"tiny{r}.json").read_text()) for r in range(3)]
+    recon = model.resample(geometry)
+    assert sorted(r["points"] for r in ranks)[0] == 0  # at least one rank really had nothing
+    assert sum(r["points"] for r in ranks) == 8
+    for r in ranks:
+        assert r["error"] is None
+        assert r["metrics"]["PSNR"] == pytest.approx(metrics.psnr(values, recon), rel=1e-5)
+        assert r["metrics"]["MaxError"] == pytest.approx(metrics.max_abs_error(values, recon), rel=1e-5)
+
+
 BAD_MPI_BODY = """
     from paraview import servermanager
     rank = servermanager.vtkProcessModule.GetProcessModule().GetPartitionId()
