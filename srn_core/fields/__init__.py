@@ -1,6 +1,6 @@
 """Scene representation networks behind one interface (:class:`Field`), looked up by architecture name."""
 
-from .base import Field, config_from_dict
+from .base import Field, checked_budget, config_from_dict
 from .apmgsrn import APMGSRN, APMGSRNConfig
 from .ensemble import EnsembleField
 
@@ -37,10 +37,8 @@ def build_field(architecture: str, config: dict | None = None, value_range=(0.0,
 
 def field_for_budget(architecture: str, num_params: int, data_shape_zyx, value_range=(0.0, 1.0)) -> Field:
     """A field of ``architecture`` whose configuration is derived from a parameter budget and the data's shape."""
-    if num_params < 1000:
-        raise ValueError(f"parameter budget must be at least 1000, got {num_params}.")
     cls = field_class(architecture)
-    return cls(cls.config_for_budget(int(num_params), data_shape_zyx), value_range)
+    return cls(cls.config_for_budget(checked_budget(num_params), data_shape_zyx), value_range)
 
 
 __all__ = ["Field", "FIELDS", "APMGSRN", "APMGSRNConfig", "field_class", "build_field", "field_for_budget"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Field
+from .base import Field, checked_grid_shape, require_at_least_one
 from .grid_shape import fit_grid_shape
 from .mlp import MLP
 
@@ -43,12 +43,8 @@ class APMGSRNConfig:
     halves it within 5 steps (a LinearLR quirk), so 0.025 is the rate it actually trains with."""
 
     def __post_init__(self):
-        self.grid_shape = tuple(int(v) for v in self.grid_shape)
-        for name in ("n_grids", "n_features", "width", "n_hidden_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"APMGSRN {name} must be at least 1, got {getattr(self, name)}.")
-        if len(self.grid_shape) != 3 or min(self.grid_shape) < 2:
-            raise ValueError(f"APMGSRN grid_shape must be three sizes of at least 2, got {self.grid_shape}.")
+        require_at_least_one(self, ("n_grids", "n_features", "width", "n_hidden_layers"), "APMGSRN")
+        self.grid_shape = checked_grid_shape(self.grid_shape, "APMGSRN")
 
 
 class APMGSRN(Field):

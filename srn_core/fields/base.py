@@ -62,6 +62,32 @@ class Field(nn.Module):
         return f"{self.architecture}: {self.num_parameters():,} parameters, {self.config}"
 
 
+MIN_BUDGET = 1000
+"""The smallest parameter budget any architecture is sized for."""
+
+
+def checked_budget(num_params) -> int:
+    """``num_params`` as an int, or a clear error when it is below :data:`MIN_BUDGET`."""
+    if num_params < MIN_BUDGET:
+        raise ValueError(f"parameter budget must be at least {MIN_BUDGET}, got {num_params}.")
+    return int(num_params)
+
+
+def require_at_least_one(config, names, label: str) -> None:
+    """Refuse a config whose integer settings ``names`` are below 1, naming the architecture ``label``."""
+    for name in names:
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{label} {name} must be at least 1, got {getattr(config, name)}.")
+
+
+def checked_grid_shape(shape, label: str) -> tuple[int, int, int]:
+    """A feature grid shape ``(D, H, W)`` as ints, or a clear error unless it is three sizes of at least 2."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 2:
+        raise ValueError(f"{label} grid_shape must be three sizes of at least 2, got {shape}.")
+    return shape
+
+
 def config_from_dict(config_cls: type, values: dict) -> Any:
     """Build a config dataclass from a JSON dict, refusing unknown keys (a clear error beats silent defaults)."""
     names = {f.name: f for f in dataclasses.fields(config_cls)}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Field
+from .base import Field, checked_budget, checked_grid_shape, require_at_least_one
 from .grid_shape import fit_grid_shape
 from .mlp import MLP
 
@@ -37,14 +37,10 @@ class FVSRNConfig:
     """Hidden decoder layers (tiny-cuda-nn's ``n_hidden_layers``)."""
 
     def __post_init__(self):
-        self.grid_shape = tuple(int(v) for v in self.grid_shape)
-        for name in ("n_features", "width", "n_hidden_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"fV-SRN {name} must be at least 1, got {getattr(self, name)}.")
+        require_at_least_one(self, ("n_features", "width", "n_hidden_layers"), "fV-SRN")
         if int(self.n_frequencies) < 0:
             raise ValueError(f"fV-SRN n_frequencies must be at least 0, got {self.n_frequencies}.")
-        if len(self.grid_shape) != 3 or min(self.grid_shape) < 2:
-            raise ValueError(f"fV-SRN grid_shape must be three sizes of at least 2, got {self.grid_shape}.")
+        self.grid_shape = checked_grid_shape(self.grid_shape, "fV-SRN")
 
     @property
     def n_decoder_inputs(self) -> int:
@@ -95,9 +91,7 @@ class FVSRN(Field):
     def config_for_budget(cls, num_params: int, data_shape_zyx) -> FVSRNConfig:
         """The paper's family (6 frequencies, 2-layer decoder; 2/4/8 channels as the budget grows) scaled to
         ``num_params``, the grid shaped like the data and sized so the count lands within 2 % of the budget."""
-        num_params = int(num_params)
-        if num_params < 1000:
-            raise ValueError(f"parameter budget must be at least 1000, got {num_params}.")
+        num_params = checked_budget(num_params)
         n_features = 2 if num_params < 400_000 else 4 if num_params < 4_000_000 else 8
         width = 32 if num_params < 100_000 else 64
         n_frequencies = 6

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import accel
-from .base import Field
+from .base import Field, checked_budget, require_at_least_one
 from .mlp import MLP
 
 PRIMES = (1, 2654435761, 805459861)
@@ -291,9 +291,8 @@ class NGPConfig:
     """Hidden decoder layers (tiny-cuda-nn's ``n_hidden_layers``)."""
 
     def __post_init__(self):
-        for name in ("n_levels", "n_features_per_level", "base_resolution", "width", "n_hidden_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"NGP {name} must be at least 1, got {getattr(self, name)}.")
+        require_at_least_one(self, ("n_levels", "n_features_per_level", "base_resolution", "width",
+                                    "n_hidden_layers"), "NGP")
         if not 3 <= int(self.log2_hashmap_size) <= 30:
             raise ValueError(f"NGP log2_hashmap_size must be between 3 and 30, got {self.log2_hashmap_size}.")
         if not (math.isfinite(float(self.per_level_scale)) and float(self.per_level_scale) > 0):
@@ -334,9 +333,7 @@ class NGP(Field):
         level, base 16 when the table allows), traded against closeness, within 2 % of the budget, else the closest.
         When the data is too small to hold the budget densely the finest resolution is allowed to grow.
         """
-        num_params = int(num_params)
-        if num_params < 1000:
-            raise ValueError(f"parameter budget must be at least 1000, got {num_params}.")
+        num_params = checked_budget(num_params)
         max_dim = max(2, max(int(s) for s in data_shape_zyx))
         width = 32 if num_params < 100_000 else 64
         f = 2

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Field
+from .base import Field, checked_budget, require_at_least_one
 
 
 @dataclass
@@ -36,9 +36,7 @@ class SIRENConfig:
 
     def __post_init__(self):
         self.coordinate_scale = tuple(float(v) for v in self.coordinate_scale)
-        for name in ("width", "n_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SIREN {name} must be at least 1, got {getattr(self, name)}.")
+        require_at_least_one(self, ("width", "n_layers"), "SIREN")
         if not (math.isfinite(float(self.omega_0)) and float(self.omega_0) > 0):
             raise ValueError(f"SIREN omega_0 must be a positive number, got {self.omega_0}.")
         if len(self.coordinate_scale) != 3 or not all(math.isfinite(v) and v > 0 for v in self.coordinate_scale):
@@ -118,9 +116,7 @@ class SIREN(Field):
     def config_for_budget(cls, num_params: int, data_shape_zyx) -> SIRENConfig:
         """Neurcomp's 8-layer residual network with the width that brings the count closest to ``num_params``
         (never more than 2 % above), coordinates scaled to the data's proportions."""
-        num_params = int(num_params)
-        if num_params < 1000:
-            raise ValueError(f"parameter budget must be at least 1000, got {num_params}.")
+        num_params = checked_budget(num_params)
         n_layers = 8
         # Solve 2 (L - 1) N^2 + (2 (L - 1) + 5) N + 1 = budget, then check the integers around the root.
         a, b = 2 * (n_layers - 1), 2 * (n_layers - 1) + 5
