@@ -211,7 +211,7 @@ def _owned(extents, rank: int, association: str, shape) -> np.ndarray:
 
     mask = np.ones(tuple(len(i) for i in index[::-1]), dtype=bool)
     for other in range(rank):
-        if all(extents[other][2 * a] <= extents[other][2 * a + 1] for a in range(3)):  # skip empty pieces
+        if not parallel.is_empty_extent(extents[other]):
             mask &= ~inside(extents[other])
     if mask.shape != tuple(shape):
         raise ValueError(f"the piece's values are shaped {tuple(shape)}, not as its extent {tuple(own)} "

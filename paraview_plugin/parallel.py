@@ -71,6 +71,11 @@ def all_extents(controller, extent) -> list[tuple[int, ...]]:
     return [tuple(flat[6 * r:6 * r + 6]) for r in range(n)]
 
 
+def is_empty_extent(extent) -> bool:
+    """Whether a VTK extent ``(i0, i1, j0, j1, k0, k1)`` holds no point (some max below its min)."""
+    return any(extent[2 * a] > extent[2 * a + 1] for a in range(3))
+
+
 def piece_extent(out_info) -> tuple[int, ...]:
     """This rank's share of the whole extent, split as VTK's executive splits structured pieces."""
     from vtkmodules.vtkCommonExecutionModel import vtkExtentTranslator
@@ -86,4 +91,4 @@ def piece_extent(out_info) -> tuple[int, ...]:
     return tuple(translator.GetExtent())
 
 
-__all__ = ["piece_controller", "all_reduce", "idle_barrier", "all_extents", "piece_extent"]
+__all__ = ["piece_controller", "all_reduce", "idle_barrier", "all_extents", "is_empty_extent", "piece_extent"]

@@ -34,12 +34,11 @@ from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
-
-from srn_core.geometry import ImageGeometry
+from srn_core.fields.base import MIN_BUDGET
 
 from . import parallel
 from ._algorithm import NeuralAlgorithmBase
-from .vtk_image import array_names, volume_from_image
+from .vtk_image import array_names, values_geometry, volume_from_image
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                 output.Initialize()
                 return 1
             if empty_piece:
-                if not _is_empty(parallel.piece_extent(outInfo)):
+                if not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
                     raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
                 add_field_values(output, {**summary, "ModelFileName": str(path)})
                 self.last_error = None
@@ -221,8 +220,8 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             raise ValueError("the input image is empty.")
         path = self._checked_output_path()
         check_chunk_size(c.chunk_size)
-        if c.parameter_budget < 1000:
-            raise ValueError(f"ParameterBudget must be at least 1000, got {c.parameter_budget}.")
+        if c.parameter_budget < MIN_BUDGET:
+            raise ValueError(f"ParameterBudget must be at least {MIN_BUDGET}, got {c.parameter_budget}.")
         name, association = selected_array(self, 0)
         volume = volume_from_image(image, name, c.mask_non_finite, association)
         used = association or ("point" if volume.name in array_names(image)["point"] else "cell")
@@ -269,7 +268,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             output.SetExtent(*extent)
             output.SetOrigin(image.GetOrigin())
             output.SetSpacing(image.GetSpacing())
-            values = model.resample(_values_geometry(output, association), chunk_size=self._config.chunk_size)
+            values = model.resample(values_geometry(output, association), chunk_size=self._config.chunk_size)
         attach_array(output, values, name, association)
 
     def _checked_output_path(self) -> Path:
@@ -283,18 +282,6 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         if not path.parent.is_dir():
             raise FileNotFoundError(f"ModelFileName {name!r}: the folder {str(path.parent)!r} does not exist.")
         return path
-
-
-def _values_geometry(image: vtkImageData, association: str) -> ImageGeometry:
-    """Where ``image``'s values of ``association`` sit: its points, or its cell centres."""
-    from .vtk_image import image_geometry
-
-    g = image_geometry(image)
-    if association == "point":
-        return g
-    dims = tuple(max(1, d - 1) for d in g.dims)
-    origin = tuple(g.origin[a] + (0.5 * g.spacing[a] if g.dims[a] > 1 else 0.0) for a in range(3))
-    return ImageGeometry(dims, origin, g.spacing)
 
 
 @contextlib.contextmanager
@@ -315,10 +302,6 @@ def _all_allowed_cores():
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _is_empty(extent) -> bool:
-    return any(extent[2 * a] > extent[2 * a + 1] for a in range(3))
 
 
 def _load_model(path):

@@ -26,6 +26,17 @@ def image_geometry(image: vtkImageData) -> ImageGeometry:
     return ImageGeometry((e[1] - e[0] + 1, e[3] - e[2] + 1, e[5] - e[4] + 1), origin, spacing)
 
 
+def values_geometry(image: vtkImageData, association: str) -> ImageGeometry:
+    """Where ``image``'s values of ``association`` sit: its points, or (``"cell"``) its cell centres, one fewer
+    per axis and half a spacing in (a flat axis keeps its single cell on the points' plane)."""
+    g = image_geometry(image)
+    if association == "point":
+        return g
+    dims = tuple(max(1, d - 1) for d in g.dims)
+    origin = tuple(g.origin[a] + (0.5 * g.spacing[a] if g.dims[a] > 1 else 0.0) for a in range(3))
+    return ImageGeometry(dims, origin, g.spacing)
+
+
 def array_names(image: vtkImageData) -> dict[str, list[str]]:
     """Names of the single-component arrays of ``image``, by association (``"point"``, ``"cell"``)."""
     out = {}
@@ -59,15 +70,12 @@ def volume_from_image(image: vtkImageData, array: str | None = None, mask_nonfin
                 raise ValueError(f"choose an array: the image has point arrays {names['point']} and cell arrays "
                                  f"{names['cell']}.")
             array = every[0]
-    geometry = image_geometry(image)
     if array in names["point"]:
         values = numpy_support.vtk_to_numpy(image.GetPointData().GetArray(array))
+        geometry = values_geometry(image, "point")
     elif array in names["cell"]:
         values = numpy_support.vtk_to_numpy(image.GetCellData().GetArray(array))
-        dims = tuple(max(1, d - 1) for d in geometry.dims)
-        origin = tuple(geometry.origin[a] + (0.5 * geometry.spacing[a] if geometry.dims[a] > 1 else 0.0)
-                       for a in range(3))
-        geometry = ImageGeometry(dims, origin, geometry.spacing)
+        geometry = values_geometry(image, "cell")
     else:
         raise ValueError(f"array {array!r} is not a single-component point or cell array of the image; it has "
                          f"point arrays {names['point']} and cell arrays {names['cell']}.")
