@@ -30,8 +30,13 @@ def _as_numpy(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _prepare(reference, reconstruction, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference and reconstruction as float64 arrays and the boolean mask of the points that count."""
+NOTHING_TO_COMPARE = "no point is both finite in the reference and inside the mask; nothing to compare."
+
+
+def _prepare(reference, reconstruction, mask=None,
+             allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference and reconstruction as float64 arrays and the boolean mask of the points that count (an error
+    when none counts, unless ``allow_empty``)."""
     ref = _as_numpy(reference)
     rec = _as_numpy(reconstruction)
     if ref.shape != rec.shape:
@@ -42,8 +47,8 @@ def _prepare(reference, reconstruction, mask=None) -> tuple[np.ndarray, np.ndarr
         if m.shape != ref.shape:
             raise ValueError(f"mask shape {m.shape} does not match the volumes' shape {ref.shape}.")
         keep &= m
-    if not keep.any():
-        raise ValueError("no point is both finite in the reference and inside the mask; nothing to compare.")
+    if not allow_empty and not keep.any():
+        raise ValueError(NOTHING_TO_COMPARE)
     return ref, rec, keep
 
 
@@ -72,8 +77,11 @@ def psnr(reference, reconstruction, data_range: float | None = None, mask=None) 
     ``data_range`` defaults to the reference's ``max - min``. Identical volumes give ``inf``; a constant
     reference (range 0) with any error gives ``-inf``.
     """
-    rng = _range(reference, data_range, mask)
-    err = mse(reference, reconstruction, mask)
+    return _psnr_db(_range(reference, data_range, mask), mse(reference, reconstruction, mask))
+
+
+def _psnr_db(rng: float, err: float) -> float:
+    """``20 log10(rng) - 10 log10(err)`` with the edge cases of :func:`psnr`."""
     if err == 0.0:
         return math.inf
     if rng == 0.0 or not math.isfinite(err):
@@ -144,11 +152,7 @@ class ErrorSums:
 
     @classmethod
     def of(cls, reference, reconstruction, mask=None) -> "ErrorSums":
-        ref = _as_numpy(reference)
-        rec = _as_numpy(reconstruction)
-        if ref.shape != rec.shape:
-            raise ValueError(f"reference shape {ref.shape} and reconstruction shape {rec.shape} differ.")
-        keep = np.isfinite(ref) if mask is None else np.isfinite(ref) & np.asarray(mask, dtype=bool)
+        ref, rec, keep = _prepare(reference, reconstruction, mask, allow_empty=True)
         if not keep.any():
             return cls()
         diff = rec[keep] - ref[keep]
@@ -177,7 +181,7 @@ class ErrorSums:
 
     def _check(self) -> None:
         if self.count <= 0:
-            raise ValueError("no point is both finite in the reference and inside the mask; nothing to compare.")
+            raise ValueError(NOTHING_TO_COMPARE)
 
     @property
     def mse(self) -> float:
@@ -192,12 +196,7 @@ class ErrorSums:
     @property
     def psnr(self) -> float:
         """As :func:`psnr` with the reference's own range."""
-        err, rng = self.mse, self.data_range
-        if err == 0.0:
-            return math.inf
-        if rng == 0.0 or not math.isfinite(err):
-            return -math.inf
-        return 20.0 * math.log10(rng) - 10.0 * math.log10(err)
+        return _psnr_db(self.data_range, self.mse)
 
 
 def _range(reference, given: float | None, mask) -> float:
