@@ -57,6 +57,12 @@ def run_ok(cmd, env, timeout=180):
     return result
 
 
+def write_analytic(path, volume, values=None):
+    """``volume`` (or ``values`` on its grid) as a VTI file whose point array is named "density"; returns ``path``."""
+    write_vti(path, image_from_array(volume.values if values is None else values, volume.geometry, "density"))
+    return path
+
+
 def read_image(path):
     reader = vtkXMLPImageDataReader() if str(path).endswith(".pvti") else vtkXMLImageDataReader()
     reader.SetFileName(str(path))
@@ -167,10 +173,14 @@ def test_bad_input_gives_one_clear_error_each_and_pvpython_survives(pv_env, trai
     assert "Traceback" not in output
 
 
-MPI_BODY = """
+MPI_RANK = """
     from paraview import servermanager
     pm = servermanager.vtkProcessModule.GetProcessModule()
     rank, ranks = pm.GetPartitionId(), pm.GetNumberOfLocalPartitions()
+"""
+"""Script lines giving each pvbatch rank its ``rank`` and the number of ``ranks``."""
+
+MPI_BODY = MPI_RANK + """
     s = NeuralVolumeSource(FileName=sys.argv[1], SamplingDimensions=[{dims}], Device="cpu")
     s.UpdatePipeline()
     algorithm = s.GetClientSideObject()  # this rank's own VTK object (pvbatch --symmetric)
@@ -222,10 +232,7 @@ def test_example_script_under_mpi_writes_the_same_pvti(pv_env, trained_model, tm
     assert len(list((tmp_path / "out").glob("*.vti"))) == 2
 
 
-ERROR_MPI_BODY = """
-    from paraview import servermanager
-    pm = servermanager.vtkProcessModule.GetProcessModule()
-    rank, ranks = pm.GetPartitionId(), pm.GetNumberOfLocalPartitions()
+ERROR_MPI_BODY = MPI_RANK + """
     reader = XMLImageDataReader(FileName=[sys.argv[2]])
     error = NeuralVolumeError(Input=reader, ModelFileName=sys.argv[1], Device="cpu")
     error.UpdatePipeline()
@@ -239,8 +246,7 @@ ERROR_MPI_BODY = """
 def test_error_metrics_under_mpi_are_those_of_the_whole_volume(pv_env, trained_model, analytic_volume, tmp_path):
     """Two ranks each compare their own piece, then combine: every rank reports the whole volume's metrics."""
     path, model = trained_model
-    reference = tmp_path / "reference.vti"
-    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    reference = write_analytic(tmp_path / "reference.vti", analytic_volume)
     cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
         "--symmetric", script(tmp_path, ERROR_MPI_BODY, load="py"), str(path), str(reference)]
     run_ok(cmd, pv_env, timeout=240)
@@ -265,10 +271,7 @@ def test_error_metrics_under_mpi_are_those_of_the_whole_volume(pv_env, trained_m
         assert ssim[0] == pytest.approx(metrics.ssim(analytic_volume.values, recon), abs=0.01)
 
 
-TRAIN_MPI_BODY = """
-    from paraview import servermanager
-    pm = servermanager.vtkProcessModule.GetProcessModule()
-    rank, ranks = pm.GetPartitionId(), pm.GetNumberOfLocalPartitions()
+TRAIN_MPI_BODY = MPI_RANK + """
     reader = XMLImageDataReader(FileName=[sys.argv[1]])
     trainer = TrainNeuralVolume(Input=reader, ModelFileName=os.path.join(OUT, "model.srn"), Steps=60,
                                 ParameterBudget=5000, BatchSize=4096, Device="cpu")
@@ -290,8 +293,7 @@ def test_training_under_mpi_uses_the_whole_volume_and_each_rank_outputs_its_piec
     """Rank 0 trains on the whole volume (not its piece); every rank reports its metrics and evaluates its piece."""
     from srn_core.model import NeuralVolume
 
-    reference = tmp_path / "reference.vti"
-    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    reference = write_analytic(tmp_path / "reference.vti", analytic_volume)
     cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
         "--symmetric", script(tmp_path, TRAIN_MPI_BODY, load="py"), str(reference)]
     run_ok(cmd, pv_env, timeout=300)
@@ -333,9 +335,7 @@ def test_error_metrics_with_more_ranks_than_slabs(pv_env, trained_model, tmp_pat
         assert r["metrics"]["MaxError"] == pytest.approx(metrics.max_abs_error(values, recon), rel=1e-5)
 
 
-BAD_MPI_BODY = """
-    from paraview import servermanager
-    rank = servermanager.vtkProcessModule.GetProcessModule().GetPartitionId()
+BAD_MPI_BODY = MPI_RANK + """
     reader = XMLImageDataReader(FileName=[sys.argv[1]])
     trainer = TrainNeuralVolume(Input=reader, ModelFileName=os.path.join(OUT, "missing", "m.srn"), Steps=5)
     trainer.UpdatePipeline()
@@ -353,11 +353,10 @@ BAD_MPI_BODY = """
 
 def test_bad_input_under_mpi_fails_cleanly_on_every_rank(pv_env, analytic_volume, tmp_path):
     """The filters that exchange data between ranks must not hang when the input is wrong: each rank errors."""
-    reference = tmp_path / "reference.vti"
-    write_vti(reference, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    reference = write_analytic(tmp_path / "reference.vti", analytic_volume)
     with_nan = analytic_volume.values.copy()
     with_nan[:, :, 0] = np.nan
-    write_vti(tmp_path / "nan.vti", image_from_array(with_nan, analytic_volume.geometry, "density"))
+    write_analytic(tmp_path / "nan.vti", analytic_volume, with_nan)
     cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
         "--symmetric", script(tmp_path, BAD_MPI_BODY, load="py"), str(reference), str(tmp_path / "nan.vti")]
     run_ok(cmd, pv_env, timeout=120)
@@ -417,8 +416,7 @@ def read_png(path, flip_rows: bool = False) -> np.ndarray:
 
 def test_volume_rendering_of_the_source_matches_the_original(pv_env, trained_model, analytic_volume, tmp_path):
     path, model = trained_model
-    original = tmp_path / "original.vti"
-    write_vti(original, image_from_array(analytic_volume.values, analytic_volume.geometry, "density"))
+    original = write_analytic(tmp_path / "original.vti", analytic_volume)
     low, high = analytic_volume.value_range
     dims = ", ".join(map(str, analytic_volume.geometry.dims))
     body = textwrap.dedent(f"""\
