@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("srn: interrupted.", file=sys.stderr)
         return 130
-    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+    except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"srn {args.command}: error: {message}", file=sys.stderr)
         return 1

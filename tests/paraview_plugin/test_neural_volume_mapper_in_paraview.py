@@ -17,7 +17,7 @@ import pytest
 import paraview_env
 from srn_core.render.image import image_psnr
 
-from test_paraview_plugin import read_png
+from pv_scripts import read_png
 
 pytestmark = [pytest.mark.paraview,
               pytest.mark.skipif(paraview_env.missing_reason() is not None,

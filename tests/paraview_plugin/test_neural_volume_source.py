@@ -6,38 +6,12 @@ import numpy as np
 import pytest
 import torch
 from vtkmodules.util.numpy_support import vtk_to_numpy
-from vtkmodules.vtkCommonCore import vtkOutputWindow, vtkStringOutputWindow
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from paraview_plugin import NeuralVolumeSource, model_cache
 from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
-
-
-@pytest.fixture(autouse=True)
-def no_unobserved_vtk_errors():
-    """Fail a test if any VTK error or warning reached the output window (observed events do not)."""
-    window = vtkStringOutputWindow()
-    previous = vtkOutputWindow.GetInstance()
-    vtkOutputWindow.SetInstance(window)
-    try:
-        yield window
-    finally:
-        vtkOutputWindow.SetInstance(previous)
-    text = window.GetOutput().lower()
-    assert "error" not in text and "warning" not in text, window.GetOutput()
-
-
-class Events:
-    """Collects a VTK object's ErrorEvent and WarningEvent messages (observing also silences the console)."""
-
-    def __init__(self, obj):
-        self.errors, self.warnings = [], []
-        for event, sink in (("ErrorEvent", self.errors), ("WarningEvent", self.warnings)):
-            def observer(o, e, data=None, sink=sink):
-                sink.append(data)
-            observer.CallDataType = "string0"
-            obj.AddObserver(event, observer)
+from vtk_events import Events, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
 
 
 def make_source(path, dims=(20, 16, 12), **settings):

@@ -22,7 +22,7 @@ from srn_core.data import Volume
 from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
 
-from test_paraview_plugin import read_image, read_png, run_ok, side_by_side_render, values_of
+from pv_scripts import read_image, read_png, run_ok, side_by_side_render, values_of
 
 INIA19 = Path("/usr/share/mricron/templates/inia19-t1-brain.nii.gz")
 

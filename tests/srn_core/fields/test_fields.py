@@ -161,3 +161,9 @@ def test_decoder_blocked_evaluation_equals_the_training_path(bias):
     assert blocked.shape == (x.shape[0], 2) and not blocked.requires_grad
     torch.testing.assert_close(blocked, reference.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.equal(blocked[:10], blocked[-10:])  # the rows are really different inputs
+
+
+@pytest.mark.parametrize("architecture", ["apmgsrn", "fvsrn", "ngp", "siren"])
+def test_budget_derives_a_configuration_close_to_the_target(architecture):
+    field = field_for_budget(architecture, 44_000, (128, 206, 168))
+    assert 0.8 * 44_000 <= field.num_parameters() <= 1.02 * 44_000

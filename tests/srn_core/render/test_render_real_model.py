@@ -20,7 +20,7 @@ pytest.importorskip("vtkmodules.vtkRenderingCore")
 
 from srn_core.render import Camera, Renderer, RenderSettings, RenderVolume, TransferFunction  # noqa: E402
 from srn_core.render.image import image_psnr, over_background, rms_difference, to_uint8  # noqa: E402
-from test_render_vtk import BACKGROUND, vtk_render  # noqa: E402
+from vtk_reference import BACKGROUND, vtk_render  # noqa: E402
 
 INIA19 = Path("/usr/share/mricron/templates/inia19-t1-brain.nii.gz")
 pytestmark = [pytest.mark.slow,
@@ -42,7 +42,7 @@ def inia19_model():
     volume = Volume(values, geometry, "inia19")
     config = TrainConfig(steps=450, batch_size=8192, seed=0, device="cpu")
     digest = hashlib.sha256(repr((config, volume.checksum())).encode())
-    for source in sorted((Path(__file__).resolve().parents[1] / "srn_core").rglob("*.py")):
+    for source in sorted((Path(__file__).resolve().parents[3] / "srn_core").rglob("*.py")):
         digest.update(source.read_bytes())
     cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"inia19-half-{digest.hexdigest()[:16]}.srn"
     if cache.is_file():

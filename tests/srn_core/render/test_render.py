@@ -16,6 +16,7 @@ from srn_core.render import (Camera, Renderer, RenderSettings, RenderVolume, Tra
                              find_preset, grid_field, preset_names, progressive_render, render)
 from srn_core.render.image import image_psnr, over_background, rms_difference, to_uint8, write_png
 from srn_core.render.macrocells import build_macrocells
+from scenes import blob_values, tissue_tf
 
 BOX = ImageGeometry((11, 11, 11), (0.0, 0.0, 0.0), (0.1, 0.1, 0.1))  # the unit cube, 0.1 per voxel
 
@@ -96,19 +97,6 @@ def test_early_termination_stops_rays_and_bounds_the_error():
 
 
 # ---- macro-cells ------------------------------------------------------------------------------------
-def blob_values(geometry):
-    """A ball of smoothly varying density in an empty (zero) box: lots of space to skip."""
-    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in geometry.dims), indexing="ij")
-    r = np.sqrt(x ** 2 + (1.3 * y) ** 2 + z ** 2)
-    v = np.clip(1.0 - r / 0.6, 0, None) * (1.0 + 0.3 * np.sin(6 * x))
-    return np.ascontiguousarray(v.transpose(2, 1, 0), dtype=np.float32)
-
-
-def tissue_tf():
-    return TransferFunction.from_points([(0, 0, 0, 0), (0.4, 1, 0.5, 0.2), (1.3, 1, 1, 1)],
-                                        [(0, 0), (0.05, 0), (0.5, 0.6), (1.3, 0.9)])
-
-
 def test_macrocell_skipping_keeps_the_image_and_evaluates_fewer_samples_raw():
     geometry = ImageGeometry((48, 40, 36), (0, 0, 0), (1.0, 1.0, 1.5))
     vol = RenderVolume.from_grid(blob_values(geometry), geometry)

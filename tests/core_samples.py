@@ -1,0 +1,29 @@
+"""Small volumes and models with known values, shared by the core's tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from srn_core.data import Volume
+from srn_core.fields import APMGSRN, APMGSRNConfig
+from srn_core.geometry import ImageGeometry
+from srn_core.model import NeuralVolume
+
+
+def analytic_volume(dims=(20, 16, 12), origin=(1.0, -2.0, 0.5), spacing=(0.5, 1.0, 2.0)) -> Volume:
+    """A smooth field with an exact value at every point, on a non-cubic, non-unit image."""
+    g = ImageGeometry(dims, origin, spacing)
+    b = g.bounds
+    z, y, x = np.meshgrid(*[np.linspace(b[2 * a], b[2 * a + 1], g.dims[a]) for a in (2, 1, 0)], indexing="ij")
+    u = [(c - b[2 * a]) / (b[2 * a + 1] - b[2 * a]) for a, c in enumerate((x, y, z))]
+    values = np.sin(2.5 * u[0]) * np.cos(1.5 * u[1]) + 0.5 * u[2]
+    return Volume(values.astype(np.float32), g, "wave")
+
+
+def small_model(seed=0) -> NeuralVolume:
+    torch.manual_seed(seed)
+    field = APMGSRN(APMGSRNConfig(n_grids=4, n_features=2, grid_shape=(5, 6, 7), width=16), value_range=(-1.0, 3.0))
+    with torch.no_grad():
+        field.feature_grids.normal_(0, 1.0)
+    return NeuralVolume(field.eval(), ImageGeometry((20, 16, 12), (1.0, -2.0, 0.5), (0.5, 1.0, 2.0)), "wave")
