@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from srn_core.data import read_nifti  # noqa: E402
 from srn_core.evaluate import evaluate  # noqa: E402
-from srn_core.model import load_model  # noqa: E402
+from srn_core.loading import load_model  # noqa: E402
 from srn_core.render import (Camera, Renderer, RenderSettings, RenderVolume, TransferFunction,  # noqa: E402
                              progressive_render)
 from srn_core.render.image import image_psnr, over_background, to_uint8, write_png  # noqa: E402

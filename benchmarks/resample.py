@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 import paraview_env  # noqa: E402
 from srn_core.geometry import ImageGeometry  # noqa: E402
+from srn_core.loading import load_model  # noqa: E402
 from srn_core.model import NeuralVolume  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="nv-resample-") as tmp:
         tmp = Path(tmp)
         path = args.model or tmp / "bench.srn"
-        model = NeuralVolume.load(path, device="cpu") if args.model else make_model(path, args.budget)
+        model = load_model(path, device="cpu") if args.model else make_model(path, args.budget)
         geometry = ImageGeometry.from_bounds(model.bounds, dims)
         n = geometry.num_points
         rows = []

@@ -24,7 +24,7 @@ from vtkmodules.vtkRenderingCore import (vtkActor, vtkPolyDataMapper, vtkRendere
                                          vtkRenderWindowInteractor, vtkWindowToImageFilter)
 
 from paraview_plugin.neural_volume_mapper import NeuralVolumeMapper, volume_property_from_tf  # noqa: E402
-from srn_core.model import load_model  # noqa: E402
+from srn_core.loading import load_model  # noqa: E402
 from srn_core.render import TransferFunction  # noqa: E402
 
 

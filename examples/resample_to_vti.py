@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     dims = args.dims
     if dims is None:  # the training data's dimensions, read from the model file's metadata
         sys.path.insert(0, os.path.dirname(HERE))
-        from srn_core.model import load_model
+        from srn_core.loading import load_model
         dims = list(load_model(args.model, device="cpu").geometry.dims)
     source = namespace["NeuralVolumeSource"](FileName=args.model, SamplingDimensions=dims, Device=args.device,
                                              ChunkSize=args.chunk_size)

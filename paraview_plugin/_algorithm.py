@@ -1,27 +1,42 @@
-"""The behaviour every neural-volume VTK algorithm shares: config-backed setters and clean error reporting.
+"""The behaviour every neural-volume VTK algorithm shares: config-backed setters, the settings of where and in
+what batches a model runs (``Device``, ``ChunkSize``), and clean error reporting.
 
 Setters copy their value into a frozen dataclass and call ``Modified()`` only when something changed, so an
 unchanged pipeline never re-executes. A bad input (missing model, zero dimensions, inverted bounds, ...)
 becomes exactly one ``ErrorEvent`` whose text is one sentence naming the algorithm, the parameter and the
-value; the output stays empty and the request still returns 1. Raising instead would print the Python
-traceback plus the executive's multi-line dump of the request ("returned failure for request ..."), which
-is two errors and much noise for one user mistake. Unexpected exceptions (bugs) keep their traceback.
+value; the output stays empty and the request still returns 1 (:meth:`NeuralAlgorithmBase.guarded`). Raising
+instead would print the Python traceback plus the executive's multi-line dump of the request ("returned failure
+for request ..."), which is two errors and much noise for one user mistake. Unexpected exceptions (bugs) keep
+their traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import traceback
+from dataclasses import dataclass
 
 from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
 from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
+
+from srn_core.evaluate import DEFAULT_CHUNK_SIZE
 
 # Exceptions that mean "the input or a setting is wrong": reported as their message alone.
 USER_ERRORS = (ValueError, OSError, ImportError, MemoryError)
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The settings every algorithm has (the base of each one's settings dataclass)."""
+
+    device: str = "auto"
+    """Torch device of the model: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Points evaluated per batch: bounds memory whatever the image size."""
+
+
 class NeuralAlgorithmBase(VTKPythonAlgorithmBase):
-    """A ``VTKPythonAlgorithmBase`` whose settings live in ``self._config`` (a frozen dataclass)."""
+    """A ``VTKPythonAlgorithmBase`` whose settings live in ``self._config`` (a frozen :class:`EvaluationSettings`)."""
 
     def __init__(self, config, **kwargs):
         VTKPythonAlgorithmBase.__init__(self, **kwargs)
@@ -41,6 +56,55 @@ class NeuralAlgorithmBase(VTKPythonAlgorithmBase):
     def config(self):
         """The current settings (a frozen dataclass; change them through the ``Set*`` methods)."""
         return self._config
+
+    def SetDevice(self, device):
+        self._set(device=str(device or "auto"))
+
+    def GetDevice(self):
+        return self._config.device
+
+    def SetChunkSize(self, chunk_size):
+        self._set(chunk_size=int(chunk_size))
+
+    def GetChunkSize(self):
+        return self._config.chunk_size
+
+    def checked_evaluation_settings(self) -> tuple[str, int]:
+        """``(device, chunk size)`` once both are known to work; else one error naming ``Device`` or ``ChunkSize``.
+
+        Checked before any model is loaded or trained, so a typo costs nothing and reads as a setting's mistake
+        rather than torch's list of every device type it knows.
+        """
+        from srn_core.devices import resolve_device
+
+        c = self._config
+        if c.chunk_size < 1:
+            raise ValueError(f"ChunkSize must be a positive integer, got {c.chunk_size!r}.")
+        try:
+            resolve_device(c.device)
+        except RuntimeError:  # torch.device's own complaint about an unknown device type
+            raise ValueError(f"Device {c.device!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+        except ValueError as exc:  # a device this machine does not have
+            raise ValueError(f"Device {c.device!r} cannot be used: {exc}") from None
+        return c.device, c.chunk_size
+
+    def guarded(self, output, produce, failure: BaseException | None = None) -> int:
+        """Run ``produce()``, which fills ``output``; on failure report one error and leave ``output`` empty.
+
+        The tail of every ``RequestData``: it returns 1 either way, because a failed request would make the
+        executive print its own multi-line error next to ours. ``failure`` is a problem found earlier (filters
+        under MPI hold theirs until every rank has been told), reported instead of producing anything.
+        """
+        try:
+            if failure is not None:
+                raise failure
+            produce()
+        except Exception as exc:
+            self.error(exc)
+            output.Initialize()
+            return 1
+        self.last_error = None
+        return 1
 
     # ---- errors and warnings -------------------------------------------------------------------
     def _report(self, event: int, kind: str, message: str) -> None:

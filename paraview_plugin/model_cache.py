@@ -8,30 +8,23 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from srn_core.model import NeuralVolume, resolve_device
-from srn_core.peers import CHECKPOINT_NAME, OPTIONS_NAME
+from srn_core import loading
+from srn_core.devices import resolve_device
+from srn_core.model import NeuralVolume
 
 MAX_MODELS = 4
 _cache: "OrderedDict[tuple, NeuralVolume]" = OrderedDict()
 
 
 def model_path(file_name: str) -> Path:
-    """The path to load for ``file_name``: our model file, or an APMGSRN folder.
-
-    Picking ``options.json`` or ``model.ckpt.tar`` inside an APMGSRN folder (what a file dialog allows) means
-    the folder.
-    """
+    """The path to load for ``file_name`` (:func:`srn_core.loading.model_path`); an empty name is an error."""
     if not file_name:
         raise ValueError("no model file is set (FileName is empty); choose a neural-volume model file.")
-    path = Path(file_name).expanduser()
-    if path.is_file() and path.name in (OPTIONS_NAME, CHECKPOINT_NAME) and (path.parent / OPTIONS_NAME).is_file():
-        return path.parent
-    if not path.exists():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist.")
-    return path
+    return loading.model_path(file_name)
 
 
 def _stat_state(path: Path) -> tuple:
+    # Only stat, never open: a FIFO named as the model must reach the loader's clear refusal, not block here.
     # The inode matters as much as the times: our writers replace files atomically (a new inode), and on
     # coarse-timestamp file systems two saves within one tick keep the same mtime and, often, the same size.
     st = path.stat()
@@ -56,7 +49,7 @@ def load_cached(file_name: str, device: str = "auto") -> tuple[NeuralVolume, tup
     key = model_key(file_name, device)
     model = _cache.get(key)
     if model is None:
-        model = NeuralVolume.load(key[0], device=key[2])
+        model = loading.load_model(key[0], device=key[2])
         _cache[key] = model
         while len(_cache) > MAX_MODELS:
             _cache.popitem(last=False)
@@ -70,8 +63,4 @@ def clear() -> None:
     _cache.clear()
 
 
-def cached_keys() -> list[tuple]:
-    return list(_cache)
-
-
-__all__ = ["model_path", "model_key", "load_cached", "clear", "cached_keys"]
+__all__ = ["model_path", "model_key", "load_cached", "clear"]

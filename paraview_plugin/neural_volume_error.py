@@ -29,20 +29,16 @@ from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
-from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 from . import model_cache, parallel
-from ._algorithm import NeuralAlgorithmBase
-from .train_neural_volume import add_field_values, attach_array, selected_array
-from .vtk_image import array_names, volume_from_image
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
+from .vtk_image import add_field_values, array_names, attach_array, selected_array, selected_volume, volume_from_image
 
 
 @dataclass(frozen=True)
-class ErrorSettings:
+class ErrorSettings(EvaluationSettings):
     model_file_name: str = ""
     """Model evaluated at the reference's points when input 1 is not connected."""
-    device: str = "auto"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 class NeuralVolumeError(NeuralAlgorithmBase):
@@ -72,12 +68,6 @@ class NeuralVolumeError(NeuralAlgorithmBase):
     def GetModelFileName(self):
         return self._config.model_file_name
 
-    def SetDevice(self, device):
-        self._set(device=str(device or "auto"))
-
-    def SetChunkSize(self, chunk_size):
-        self._set(chunk_size=int(chunk_size))
-
     # ---- pipeline ------------------------------------------------------------------------------
     def RequestUpdateExtent(self, request, inInfo, outInfo):
         """Ask the reconstruction for the reference's extent when both have the same whole extent.
@@ -104,13 +94,11 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         # Under MPI a rank may receive an empty piece (more ranks than slabs): it contributes nothing.
         empty_piece = controller is not None and (image is None or image.GetNumberOfPoints() == 0)
         try:
-            check_chunk_size(self._config.chunk_size)
+            self.checked_evaluation_settings()
             if not empty_piece:
                 if image is None or image.GetNumberOfPoints() == 0:
                     raise ValueError("the reference (input 0) is empty.")
-                name, association = selected_array(self, 0)
-                reference = volume_from_image(image, name, mask_nonfinite=True, association=association)
-                used = association or ("point" if reference.name in array_names(image)["point"] else "cell")
+                reference, used = selected_volume(self, image, mask_nonfinite=True)
                 recon = self._reconstruction(inInfo, reference, used)
                 ref = reference.values
                 signed = recon.astype(np.float32) - ref
@@ -135,9 +123,8 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         failed_elsewhere = False
         if controller is not None:
             sums, ssim, failed_elsewhere = _combine(controller, sums, ssim, failure is not None)
-        try:
-            if failure is not None:
-                raise failure
+
+        def produce():
             if failed_elsewhere:
                 raise ValueError("another MPI rank failed (see its error), so there are no whole-volume metrics.")
             values = {"PSNR": sums.psnr, "MaxError": sums.max_abs, "MSE": sums.mse, "SSIM": ssim,
@@ -148,12 +135,8 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
             add_field_values(output, values)
             self.metrics = values
-        except Exception as exc:
-            self.error(exc)
-            output.Initialize()
-            return 1
-        self.last_error = None
-        return 1
+
+        return self.guarded(output, produce, failure)
 
     def _reconstruction(self, inInfo, reference, association: str) -> np.ndarray:
         """The reconstruction's values on the reference's grid, shaped like ``reference.values``."""

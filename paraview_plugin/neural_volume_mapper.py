@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -168,7 +169,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
     def SetModel(self, model) -> None:
         """A :class:`~srn_core.model.NeuralVolume`, a model file path, or a :class:`RenderVolume`."""
         if isinstance(model, str):
-            from srn_core.model import load_model
+            from srn_core.loading import load_model
             model = load_model(model)
         self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
 
@@ -176,7 +177,9 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         self.SetModel(str(path))
 
     def SetRenderVolume(self, volume: RenderVolume) -> None:
+        """What to render; refused (``ValueError``) when the sample distance would need too many samples per ray."""
         if volume is not self._volume:
+            self._settings.check_samples_per_ray(volume, "SampleDistance")
             self._volume = volume
             self._core, self._signature = None, None
             self.Modified()
@@ -196,14 +199,23 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
     # ---- sampling options (VTK-style setters over RenderSettings) -------------------------------
     def _set(self, name, value):
         if getattr(self._settings, name) != value:
+            dataclasses.replace(self._settings, **{name: value})  # validates: a refused value changes nothing
             setattr(self._settings, name, value)
-            self._settings.__post_init__()
             self._core, self._signature = None, None
             self.Modified()
 
     def SetSampleDistance(self, voxels: float) -> None:
-        """Distance between samples along a ray, in voxels of the model's training grid (default 1)."""
-        self._set("step", float(voxels))
+        """Distance between samples along a ray, in voxels of the model's training grid (default 1).
+
+        Refused with one ``ValueError`` if it is not positive, or if a ray through the volume set would need more
+        than ``RenderSettings.max_samples_per_ray`` samples (checked here so a frame never starts an endless march).
+        """
+        voxels = float(voxels)
+        if not voxels > 0:
+            raise ValueError(f"SampleDistance must be a positive number of voxels, got {voxels!r}.")
+        if self._volume is not None:
+            dataclasses.replace(self._settings, step=voxels).check_samples_per_ray(self._volume, "SampleDistance")
+        self._set("step", voxels)
 
     def GetSampleDistance(self) -> float:
         return self._settings.step

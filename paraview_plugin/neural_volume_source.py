@@ -16,24 +16,30 @@ chunked :meth:`NeuralVolume.resample`), so streaming, pieces and MPI ranks each 
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 
 from vtkmodules.vtkCommonCore import VTK_FLOAT
 from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkDataSetAttributes, vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
-from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
 from srn_core.geometry import ImageGeometry, check_bounds, check_dims
+from srn_core.memory import check_allocation
 
 from . import model_cache
-from ._algorithm import NeuralAlgorithmBase
-from .vtk_image import image_from_array
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
+from .vtk_image import add_field_values, image_from_array
 
 EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
+MAX_DIMENSION = 2 ** 31 - 1
+"""Points per axis a VTK image can hold: extents are C ``int``."""
+BYTES_PER_POINT = 8
+"""Memory an output point costs at its peak: the float32 values, then VTK's own float32 copy of them."""
 
 
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(EvaluationSettings):
     file_name: str = ""
     """Our model file (``.srn``, safetensors), or an APMGSRN checkpoint folder (or a file inside it)."""
     sampling_dimensions: tuple[int, int, int] = (64, 64, 64)
@@ -42,10 +48,8 @@ class SourceConfig:
     """Sample the box the model was trained on (the training data's bounds) instead of ``sampling_bounds``."""
     sampling_bounds: tuple[float, ...] = (0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
     """World box ``(xmin, xmax, ymin, ymax, zmin, zmax)`` whose corners are the image's corner points."""
-    device: str = "auto"
-    """Torch device of the model: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ..."""
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    """Points evaluated per batch: bounds memory whatever the image size."""
+    clamp_to_data_range: bool = True
+    """Keep the model's answers inside the value range of its training data (``Field.clamp_output``)."""
 
 
 def _values(args, n: int, what: str) -> tuple:
@@ -61,7 +65,8 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
     """A ``vtkImageData`` source that samples a neural volume (a model file) on a regular grid.
 
     Output: one float32 point array named after the model's array (``NeuralVolume.array_name``), in data
-    units, plus field data ``CompressionRatio`` and ``TrainingPSNR`` (from the model's provenance, when known).
+    units (inside the training data's value range unless ``ClampToDataRange`` is off), plus field data
+    ``CompressionRatio`` and ``TrainingPSNR`` (from the model's provenance, when known).
     Settings changes re-execute; an unchanged pipeline re-uses the loaded model (cached by path, file state
     and device) and the last evaluated extent.
     """
@@ -120,31 +125,20 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
         b = self._config.sampling_bounds
         return (b[1] - b[0], b[3] - b[2], b[5] - b[4])
 
-    def SetDevice(self, device):
-        self._set(device=str(device or "auto"))
+    def SetClampToDataRange(self, flag):
+        self._set(clamp_to_data_range=bool(flag))
 
-    def GetDevice(self):
-        return self._config.device
-
-    def SetChunkSize(self, chunk_size):
-        self._set(chunk_size=int(chunk_size))
-
-    def GetChunkSize(self):
-        return self._config.chunk_size
-
-    def GetModelBounds(self):
-        """The bounds the model was trained on (loads the model; ``(0, -1, ...)`` when it cannot)."""
-        try:
-            model, _ = model_cache.load_cached(self._config.file_name, self._config.device)
-            return tuple(model.bounds)
-        except Exception:
-            return (0.0, -1.0, 0.0, -1.0, 0.0, -1.0)
+    def GetClampToDataRange(self):
+        return int(self._config.clamp_to_data_range)
 
     # ---- pipeline ------------------------------------------------------------------------------
     def output_geometry(self, model) -> ImageGeometry:
         """The output image's geometry for the current settings (validated)."""
         c = self._config
         dims = check_dims(c.sampling_dimensions)
+        if max(dims) > MAX_DIMENSION:
+            raise ValueError(f"SamplingDimensions {tuple(dims)} exceed {MAX_DIMENSION} points per axis, the most "
+                             f"a VTK image holds.")
         if c.use_model_bounds:
             bounds = model.bounds
         else:
@@ -165,8 +159,8 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             except ValueError:
                 raise ValueError(f"SamplingDimensions must be three integers >= 1, got "
                                  f"{tuple(c.sampling_dimensions)}.") from None
-            check_chunk_size(c.chunk_size)
-            model, key = model_cache.load_cached(c.file_name, c.device)
+            device, _ = self.checked_evaluation_settings()
+            model, key = model_cache.load_cached(c.file_name, device)
             geometry = self.output_geometry(model)
         except Exception as exc:
             # Reported by RequestData, which always follows when data is wanted: a GUI that only asks for
@@ -185,48 +179,51 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
 
     def RequestData(self, request, inInfo, outInfo):
         output = vtkImageData.GetData(outInfo)
-        if self._plan is None:  # RequestInformation found a problem: one clear message, an empty output
-            output.Initialize()
-            if self._info_error is not None:
-                self.error(self._info_error)
-                self._info_error = None
-            return 1
-        model, key, geometry = self._plan
         extent = tuple(outInfo.GetInformationObject(0).Get(SDDP.UPDATE_EXTENT()))
+        return self.guarded(output, lambda: self._produce(output, extent))
+
+    def _produce(self, output, extent) -> None:
+        """The model's values at the points of ``extent`` in ``output`` (re-used when nothing changed)."""
+        if self._plan is None:  # RequestInformation found a problem: reported now, with an empty output
+            problem, self._info_error = self._info_error, None
+            if problem is not None:
+                raise problem
+            output.Initialize()
+            return
+        model, key, geometry = self._plan
         if any(extent[2 * a] > extent[2 * a + 1] for a in range(3)):
             output.Initialize()
-            return 1
-        try:
-            request_key = (key, geometry, extent)
-            if self._last is not None and self._last[0] == request_key:
-                array = self._last[1]
-                output.SetExtent(extent)
-                output.SetOrigin(geometry.origin)
-                output.SetSpacing(geometry.spacing)
-                output.GetPointData().SetScalars(array)
-            else:
-                values = model.resample(geometry, extent=extent, chunk_size=self._config.chunk_size)
-                image_from_array(values, geometry, model.array_name, extent=extent, image=output)
-                self.evaluations += 1
-                self.evaluated_points += values.size
-                self._last = (request_key, output.GetPointData().GetScalars())
-            self._add_field_data(output, model)
-        except Exception as exc:
-            self.error(exc)
-            output.Initialize()
-            return 1
-        self.last_error = None
-        return 1
-
-    @staticmethod
-    def _add_field_data(output, model) -> None:
-        from vtkmodules.vtkCommonCore import vtkDoubleArray
-
-        values = {"CompressionRatio": model.compression_ratio}
+            return
+        c = self._config
+        request_key = (key, geometry, extent, c.clamp_to_data_range)
+        if self._last is not None and self._last[0] == request_key:
+            output.SetExtent(extent)
+            output.SetOrigin(geometry.origin)
+            output.SetSpacing(geometry.spacing)
+            output.GetPointData().SetScalars(self._last[1])
+        else:
+            points = math.prod(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
+            check_allocation(BYTES_PER_POINT * points, f"SamplingDimensions {tuple(c.sampling_dimensions)}"
+                             + ("" if extent == geometry.whole_extent else f" (the piece {extent})"))
+            with _clamping(model.field, c.clamp_to_data_range):
+                values = model.resample(geometry, extent=extent, chunk_size=c.chunk_size)
+            image_from_array(values, geometry, model.array_name, extent=extent, image=output)
+            self.evaluations += 1
+            self.evaluated_points += values.size
+            self._last = (request_key, output.GetPointData().GetScalars())
+        fields = {"CompressionRatio": model.compression_ratio}
         if "psnr" in model.training:
-            values["TrainingPSNR"] = float(model.training["psnr"])
-        for name, value in values.items():
-            arr = vtkDoubleArray()
-            arr.SetName(name)
-            arr.InsertNextValue(float(value))
-            output.GetFieldData().AddArray(arr)
+            fields["TrainingPSNR"] = float(model.training["psnr"])
+        add_field_values(output, fields)
+
+
+@contextlib.contextmanager
+def _clamping(field, clamp: bool):
+    """``field.clamp_output`` set to ``clamp`` for one evaluation: the model is shared (``model_cache``) with
+    other sources and filters, whose own settings must not change."""
+    before = field.clamp_output
+    field.clamp_output = clamp
+    try:
+        yield
+    finally:
+        field.clamp_output = before

@@ -9,8 +9,9 @@ A filter for VTK scripts and, through ``xml/TrainNeuralVolume.xml``, ParaView's 
     trainer.SetSteps(2000)
     trainer.Update()
 
-Training runs the core's trainer (:func:`srn_core.training.train`) on the selected point or cell array; the
-model file is written atomically. The output has the input's geometry and the reconstruction (the model
+Training runs the core's training entry point (:func:`srn_core.training.fit`, as ``srn train`` does, so the
+same ``Seed`` gives the same model bit for bit on the CPU) on the selected point or cell array; the model file
+is written atomically. The output has the input's geometry and the reconstruction (the model
 sampled at the input's points, or cell centres for cell data) under the input array's name, with field data
 ``PSNR`` (dB, whole volume), ``CompressionRatio``, ``NumberOfParameters``, ``TrainingSeconds`` and
 ``TrainingSteps``. Progress is reported through ``UpdateProgress``; an abort request (``SetAbortExecute`` /
@@ -24,25 +25,24 @@ output (so ``ModelFileName`` must be on a file system all ranks see). The other 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
-from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
+from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
-from srn_core.evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size
 from srn_core.fields.base import MIN_BUDGET
+from srn_core.training import check_training_memory
 
 from . import parallel
-from ._algorithm import NeuralAlgorithmBase
-from .vtk_image import array_names, values_geometry, volume_from_image
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
+from .vtk_image import add_field_values, attach_array, selected_volume, values_geometry
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(EvaluationSettings):
     model_file_name: str = ""
     """Where the trained model is written (required)."""
     architecture: str = "apmgsrn"
@@ -51,54 +51,14 @@ class TrainSettings:
     """Trainable parameters of the model; the configuration is derived from it and the data's shape."""
     steps: int = 1000
     batch_size: int = 1 << 14
-    learning_rate: float = 0.01
+    learning_rate: float = 0.0
+    """Adam learning rate; 0: the architecture's own default (0.01 for the grid models, 1e-3 for SIREN)."""
     seed: int = 0
+    """Seeds the initial weights and the sampled points: the same seed on the CPU gives the same model."""
     time_limit: float = 0.0
     """Seconds after which training stops with the model so far (0: no limit)."""
     mask_non_finite: bool = False
     """Exclude NaN/Inf input values from training and metrics instead of refusing the input."""
-    device: str = "auto"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-
-
-ASSOCIATIONS = {vtkDataObject.FIELD_ASSOCIATION_POINTS: "point", vtkDataObject.FIELD_ASSOCIATION_CELLS: "cell"}
-
-
-def selected_array(algorithm, index: int) -> tuple[str | None, str | None]:
-    """Name and association (``"point"``/``"cell"``) set with ``SetInputArrayToProcess(index, ...)``, if any."""
-    info = algorithm.GetInputArrayInformation(index)
-    if info is None or not info.Has(vtkDataObject.FIELD_NAME()):
-        return None, None
-    name = info.Get(vtkDataObject.FIELD_NAME()) or None
-    assoc = info.Get(vtkDataObject.FIELD_ASSOCIATION()) if info.Has(vtkDataObject.FIELD_ASSOCIATION()) else None
-    return name, ASSOCIATIONS.get(assoc)
-
-
-def add_field_values(data: vtkImageData, values: dict) -> None:
-    """Attach one-tuple field-data arrays (numbers as doubles, strings as a string array)."""
-    for name, value in values.items():
-        if isinstance(value, str):
-            arr = vtkStringArray()
-            arr.SetName(name)
-            arr.InsertNextValue(value)
-        else:
-            arr = vtkDoubleArray()
-            arr.SetName(name)
-            arr.InsertNextValue(float(value))
-        data.GetFieldData().AddArray(arr)
-
-
-def attach_array(output: vtkImageData, values, name: str, association: str, active: bool = True) -> None:
-    """Add float32 ``values`` (any shape, x fastest) as a point or cell array of ``output``."""
-    import numpy as np
-
-    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), deep=1)
-    arr.SetName(name)
-    data = output.GetPointData() if association == "point" else output.GetCellData()
-    if active:
-        data.SetScalars(arr)
-    else:
-        data.AddArray(arr)
 
 
 class TrainNeuralVolume(NeuralAlgorithmBase):
@@ -141,12 +101,6 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
     def SetMaskNonFinite(self, flag):
         self._set(mask_non_finite=bool(flag))
 
-    def SetDevice(self, device):
-        self._set(device=str(device or "auto"))
-
-    def SetChunkSize(self, chunk_size):
-        self._set(chunk_size=int(chunk_size))
-
     # ---- pipeline ------------------------------------------------------------------------------
     def RequestUpdateExtent(self, request, inInfo, outInfo):
         """Under MPI, rank 0 trains on the whole volume: it asks for all of it instead of its piece."""
@@ -188,29 +142,22 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             aborted = shared[1] > 0
             if failure is None and not aborted and not trains:
                 summary = dict(zip(keys, shared[2:]))
-        try:
-            if failure is not None:
-                raise failure
+
+        def produce():
             if aborted:
                 output.Initialize()
-                return 1
-            if empty_piece:
-                if not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
-                    raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
-                add_field_values(output, {**summary, "ModelFileName": str(path)})
-                self.last_error = None
-                return 1
-            model = self.result.model if self.result is not None else _load_model(path)
-            self._fill_output(output, image, outInfo if controller is not None else None, model, volume.name,
-                              used)
+                return
+            if not empty_piece:
+                model = self.result.model if self.result is not None else _load_model(path)
+                self._fill_output(output, image, outInfo if controller is not None else None, model, volume.name,
+                                  used)
+            elif not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
+                raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
             add_field_values(output, {**summary, "ModelFileName": str(path)})
-            self.UpdateProgress(1.0)
-        except Exception as exc:
-            self.error(exc)
-            output.Initialize()
-            return 1
-        self.last_error = None
-        return 1
+            if not empty_piece:
+                self.UpdateProgress(1.0)
+
+        return self.guarded(output, produce, failure)
 
     def _checked_input(self, inInfo):
         """``(image, volume, association, model path)`` of the input, or a clear error before any training."""
@@ -219,23 +166,25 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         if image is None or image.GetNumberOfPoints() == 0:
             raise ValueError("the input image is empty.")
         path = self._checked_output_path()
-        check_chunk_size(c.chunk_size)
+        self.checked_evaluation_settings()
         if c.parameter_budget < MIN_BUDGET:
             raise ValueError(f"ParameterBudget must be at least {MIN_BUDGET}, got {c.parameter_budget}.")
-        name, association = selected_array(self, 0)
-        volume = volume_from_image(image, name, c.mask_non_finite, association)
-        used = association or ("point" if volume.name in array_names(image)["point"] else "cell")
+        check_training_memory(c.parameter_budget, f"ParameterBudget {c.parameter_budget}")
+        if not (c.time_limit >= 0 and math.isfinite(c.time_limit)):
+            raise ValueError(f"TimeLimit must be 0 (no limit) or a positive number of seconds, got {c.time_limit}.")
+        if not (c.learning_rate >= 0 and math.isfinite(c.learning_rate)):
+            raise ValueError(f"LearningRate must be 0 (the architecture's default) or positive, got "
+                             f"{c.learning_rate}.")
+        volume, used = selected_volume(self, image, c.mask_non_finite, mask_setting="MaskNonFinite")
         return image, volume, used, path
 
     def _train(self, volume, path) -> dict | None:
         """Train on ``volume``, write the model to ``path``; its summary, or ``None`` when aborted."""
-        from srn_core.fields import field_for_budget
-        from srn_core.training import TrainConfig, TrainingInterrupted, train
+        from srn_core.training import TrainConfig, TrainingInterrupted, fit
 
         c = self._config
-        config = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate, seed=c.seed,
-                             device=c.device, time_limit=c.time_limit if c.time_limit > 0 else None)
-        field = field_for_budget(c.architecture, c.parameter_budget, volume.geometry.shape, volume.value_range)
+        config = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate or None, seed=c.seed,
+                             device=c.device, time_limit=c.time_limit or None)
 
         def progress(state) -> bool:
             # Training is nearly all of the work; the final evaluation is the last few percent.
@@ -247,12 +196,12 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         self.UpdateProgress(0.0)
         try:
             with _all_allowed_cores():
-                result = train(volume, field, config, callback=progress,
-                               callback_every=max(1, min(25, c.steps // 100)))
+                result = fit(volume, c.architecture, c.parameter_budget, config, callback=progress,
+                             callback_every=max(1, min(25, c.steps // 100)))
         except TrainingInterrupted as exc:
             self.warning(f"aborted: {exc} No model was written.")
             return None
-        result.model.save(path)
+        _save(result.model, path)
         self.result = result
         return {"PSNR": result.psnr, "CompressionRatio": result.model.compression_ratio,
                 "NumberOfParameters": result.model.num_parameters, "TrainingSeconds": result.seconds,
@@ -304,10 +253,21 @@ def _all_allowed_cores():
         torch.set_num_threads(before)
 
 
+def _save(model, path: Path) -> None:
+    """Write the model atomically; a full disk or a failing file system is one error naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        model.save(path)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write as its own error
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OSError(f"ModelFileName {str(path)!r} could not be written ({reason}); no model was saved.") from None
+
+
 def _load_model(path):
-    from srn_core.model import NeuralVolume
+    from srn_core.loading import load_model
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"the model rank 0 wrote, {str(path)!r}, is not visible here; under MPI "
                                 f"ModelFileName must be on a file system every rank shares.")
-    return NeuralVolume.load(path)
+    return load_model(path)

@@ -1,4 +1,5 @@
-"""Conversions between ``vtkImageData`` and the core's :class:`~srn_core.data.Volume`, and VTI files.
+"""Conversions between ``vtkImageData`` and the core's :class:`~srn_core.data.Volume`, the arrays the algorithms
+read from their inputs and attach to their outputs, and VTI files.
 
 Works with any VTK >= 9.2 (Debian's ParaView 5.11 and the PyPI wheel). Index order is VTK's (x fastest),
 so a point array reshapes directly to ``(nz, ny, nx)``.
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonDataModel import vtkImageData
+from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkStringArray
+from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
 
 from srn_core.data import Volume
 from srn_core.geometry import ImageGeometry
@@ -47,12 +49,14 @@ def array_names(image: vtkImageData) -> dict[str, list[str]]:
 
 
 def volume_from_image(image: vtkImageData, array: str | None = None, mask_nonfinite: bool = False,
-                      association: str | None = None) -> Volume:
+                      association: str | None = None, mask_setting: str | None = None) -> Volume:
     """A :class:`Volume` from a point or cell array of ``image``.
 
     ``array`` defaults to the active point scalars, else the only single-component array. Cell data become a
     volume on the cell centres (dims one less per axis, origin shifted by half a spacing). ``association``
     (``"point"`` or ``"cell"``) picks where to look when a point and a cell array share the name.
+    ``mask_setting`` names the setting that masks NaN/Inf values in the error about them (the core's own
+    message names the command line's ``--mask-nonfinite``, which means nothing in ParaView).
     """
     names = array_names(image)
     if association is not None:
@@ -79,7 +83,61 @@ def volume_from_image(image: vtkImageData, array: str | None = None, mask_nonfin
     else:
         raise ValueError(f"array {array!r} is not a single-component point or cell array of the image; it has "
                          f"point arrays {names['point']} and cell arrays {names['cell']}.")
+    if mask_setting is not None and not mask_nonfinite:
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(f"array {array!r} holds {bad} non-finite values (NaN/Inf); turn on {mask_setting} to "
+                             f"exclude them from training and metrics.")
     return Volume(values.reshape(geometry.shape), geometry, array, mask_nonfinite=mask_nonfinite)
+
+
+# ---- the arrays an algorithm reads and writes -----------------------------------------------------------
+ASSOCIATIONS = {vtkDataObject.FIELD_ASSOCIATION_POINTS: "point", vtkDataObject.FIELD_ASSOCIATION_CELLS: "cell"}
+
+
+def selected_array(algorithm, index: int) -> tuple[str | None, str | None]:
+    """Name and association (``"point"``/``"cell"``) set with ``SetInputArrayToProcess(index, ...)``, if any."""
+    info = algorithm.GetInputArrayInformation(index)
+    if info is None or not info.Has(vtkDataObject.FIELD_NAME()):
+        return None, None
+    name = info.Get(vtkDataObject.FIELD_NAME()) or None
+    assoc = info.Get(vtkDataObject.FIELD_ASSOCIATION()) if info.Has(vtkDataObject.FIELD_ASSOCIATION()) else None
+    return name, ASSOCIATIONS.get(assoc)
+
+
+def selected_volume(algorithm, image: vtkImageData, mask_nonfinite: bool,
+                    mask_setting: str | None = None) -> tuple[Volume, str]:
+    """The volume of the array picked with ``SetInputArrayToProcess(0, ...)`` and where it lives (``"point"`` or
+    ``"cell"``); see :func:`volume_from_image` for the defaults and ``mask_setting``."""
+    name, association = selected_array(algorithm, 0)
+    volume = volume_from_image(image, name, mask_nonfinite, association, mask_setting)
+    return volume, association or ("point" if volume.name in array_names(image)["point"] else "cell")
+
+
+def float_array(values, name: str):
+    """``values`` (any shape, x fastest) as a named float32 VTK array (a copy: VTK owns its memory)."""
+    arr = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), deep=1)
+    arr.SetName(name)
+    return arr
+
+
+def attach_array(output: vtkImageData, values, name: str, association: str, active: bool = True) -> None:
+    """Add float32 ``values`` as a point or cell array of ``output`` (its active scalars when ``active``)."""
+    data = output.GetPointData() if association == "point" else output.GetCellData()
+    arr = float_array(values, name)
+    if active:
+        data.SetScalars(arr)
+    else:
+        data.AddArray(arr)
+
+
+def add_field_values(data: vtkImageData, values: dict) -> None:
+    """Attach one-tuple field-data arrays (numbers as doubles, strings as a string array)."""
+    for name, value in values.items():
+        arr = vtkStringArray() if isinstance(value, str) else vtkDoubleArray()
+        arr.SetName(name)
+        arr.InsertNextValue(value if isinstance(value, str) else float(value))
+        data.GetFieldData().AddArray(arr)
 
 
 def image_from_array(values: np.ndarray, geometry: ImageGeometry, name: str,
@@ -93,10 +151,7 @@ def image_from_array(values: np.ndarray, geometry: ImageGeometry, name: str,
     image.SetExtent(*e)
     image.SetOrigin(*geometry.origin)
     image.SetSpacing(*geometry.spacing)
-    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    arr = numpy_support.numpy_to_vtk(flat, deep=1)
-    arr.SetName(name)
-    image.GetPointData().SetScalars(arr)
+    attach_array(image, values, name, "point")
     return image
 
 

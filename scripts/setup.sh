@@ -25,8 +25,15 @@ if [ ! -f .venv/.neural-volume-ready ]; then
   log "creating .venv (torch==2.13.0 CPU, vtk, readers, test tools)"
   "$PY" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench]"
   touch .venv/.neural-volume-ready
+fi
+# The project's own requirements are re-installed whenever pyproject.toml changes (a new dependency reaches
+# an existing checkout too, not only a fresh one).
+REQS=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat .venv/.neural-volume-reqs 2>/dev/null)" != "$REQS" ]; then
+  log "installing neural-volume and its requirements into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench]"
+  echo "$REQS" > .venv/.neural-volume-reqs
 fi
 
 if [ ! -f .pvvenv/.neural-volume-ready ]; then

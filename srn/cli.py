@@ -3,23 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import re
+import math
+import os
+import signal
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from . import io
+from srn_core.data import suffix_of
+from srn_core.memory import format_bytes, parse_bytes
+
+from . import io, render_command
+from .progress import progress_bar
 
 ARCHITECTURES = ("apmgsrn", "fvsrn", "ngp", "siren")
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
 
 
 def parse_size(text: str) -> int:
     """``"1MB"`` -> bytes (decimal units; KiB/MiB/GiB binary)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"--size must look like 500KB, 1MB or 2.5MiB, got {text!r}.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like 500KB, 1MB or 2.5GiB, got {text!r}.") from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}.")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}.")
+    return v
 
 
 def positive_int(text: str) -> int:
@@ -52,79 +79,122 @@ def _read_input(args, path) -> "io.data.Volume":
 # ---- srn train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    import torch
-    from srn_core.fields import field_for_budget
-    from srn_core.training import TrainConfig, TrainingInterrupted, train
+    from srn_core.training import TrainConfig, TrainingInterrupted, check_training_memory, fit
 
     out = Path(args.output)
-    if out.is_dir() or not out.parent.resolve().is_dir():
-        raise ValueError(f"output {str(out)!r} must be a file path in an existing folder.")
+    checkpoint = Path(str(out) + ".checkpoint")
+    # Everything that could make a finished training unwritable is checked before hours of training.
+    _check_model_output(out, args.input)
+    if checkpoint.exists() and not args.resume:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} of an interrupted run exists; add --resume to continue it, "
+                         f"or delete it to start afresh.")
+    if args.resume and not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume.")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, time_limit=args.time_limit)
+                         device=args.device, time_limit=args.time_limit, checkpoint_every_steps=args.checkpoint_every)
     volume = _read_input(args, args.input)
     n = volume.geometry.num_points
     if args.params:
-        budget = args.params
+        budget, asked = args.params, f"--params {args.params}"
     elif args.size:
         budget = args.size // 4
+        asked = f"--size {format_bytes(args.size)} ({budget:,} parameters)"
     else:
         budget = int(n / args.ratio)
-    torch.manual_seed(args.seed)
-    field = field_for_budget(args.model, budget, volume.geometry.shape)
-    checkpoint = str(out) + ".checkpoint"
-    print(f"training {args.model} ({field.num_parameters():,} parameters, {n / field.num_parameters():.1f}x "
-          f"compression) on {volume.name!r} {volume.geometry.dims} from {args.input}", file=sys.stderr)
-    bar = _progress_bar(config.steps, args.quiet)
+        asked = f"--ratio {args.ratio:g} ({budget:,} parameters)"
+    check_training_memory(budget, asked)
+    print(f"training {args.model} (about {budget:,} parameters, {n / max(budget, 1):.1f}x compression) on "
+          f"{volume.name!r} {volume.geometry.dims} from {args.input}", file=sys.stderr)
+    bar = progress_bar(config.steps, "step", "train", quiet=args.quiet, interval=args.progress_interval)
 
     def report(p):
-        if bar is not None:
-            bar.update(p.step - bar.n)
-            bar.set_postfix_str(f"loss {p.loss:.2e}  PSNR {p.psnr:5.2f} dB  lr {p.lr:.0e}", refresh=False)
+        bar.set_postfix_str(f"PSNR ~{p.psnr:.2f} dB, loss {p.loss:.2e}, lr {p.lr:.0e}", refresh=False)
+        bar.update(p.step - bar.n)
 
     try:
-        result = train(volume, field, config, checkpoint=checkpoint, resume=args.resume, callback=report)
+        result = fit(volume, args.model, budget, config, checkpoint=checkpoint, resume=args.resume, callback=report)
     except TrainingInterrupted as exc:
-        if bar is not None:
-            bar.close()
-        print(f"srn train: interrupted at step {exc.step}; state saved to {exc.checkpoint}. "
-              f"Run the same command with --resume to continue.", file=sys.stderr)
-        return 130
-    if bar is not None:
         bar.close()
+        name = "SIGTERM" if exc.signal == signal.SIGTERM else "Ctrl-C"
+        print(f"srn train: interrupted ({name}) at step {exc.step}; state saved to {exc.checkpoint}. "
+              f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 128 + int(exc.signal or signal.SIGINT)
+    bar.close()
     result.model.training["source"] = str(args.input)
-    result.model.save(out)
+    try:
+        result.model.save(out)
+    except OSError as exc:
+        kept = (f"; the training state is kept in {str(checkpoint)!r}: fix that and run the same command with "
+                f"--resume to write the model without training again") if checkpoint.exists() else ""
+        raise OSError(f"could not write the model {str(out)!r} ({exc.strerror or exc}){kept}.") from None
+    checkpoint.unlink(missing_ok=True)  # only now: the model file supersedes it
     m = result.model
+    measured = not math.isnan(result.psnr)
     print(f"model     {out} ({out.stat().st_size / 1e6:.3f} MB)")
     print(f"steps     {result.steps} in {result.seconds:.1f} s ({result.stopped_because})")
-    print(f"PSNR      {result.psnr:.2f} dB over all {n:,} voxels")
+    print(f"PSNR      {result.psnr:.2f} dB over all {n:,} voxels" if measured else
+          "PSNR      not measured (interrupted during the final evaluation)")
     print(f"ratio     {m.compression_ratio:.1f}x vs float32 ({m.num_parameters:,} parameters)")
+    if not measured:
+        print(f"srn train: interrupted during the final evaluation; the model is saved to {str(out)!r}, "
+              f"its PSNR was not measured (srn eval measures it).", file=sys.stderr)
+        return 130
     return 0
 
 
-def _progress_bar(total: int, quiet: bool):
-    if quiet:
-        return None
+def _check_model_output(out: Path, input_path: str) -> None:
+    """Refuse a model path that would fail only after training, or that would destroy data."""
+    suffix = suffix_of(out)
+    if suffix in io.VOLUME_SUFFIXES:
+        raise ValueError(f"output {str(out)!r} has the volume suffix {suffix!r} but a model file is written there; "
+                         f"name it e.g. {out.name[:-len(suffix)] or 'model'}.srn.")
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a directory; it must be a file path in an existing folder.")
+    folder = out.parent
+    if not folder.resolve().is_dir():
+        raise ValueError(f"output {str(out)!r} must be a file path in an existing folder.")
+    if out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path):
+        raise ValueError(f"output {str(out)!r} is the input volume {input_path!r} (the same file); "
+                         f"writing the model there would replace the training data.")
+    # Writing is the only reliable test (permissions, read-only mounts, ACLs, root squash): create and remove
+    # an empty file where the model's temporary file will go.
     try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise OSError(f"cannot write the model to folder {str(folder)!r} ({exc.strerror or exc}); "
+                      f"choose an output in a writable folder.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # ---- srn resample ------------------------------------------------------------------------------
 
 def cmd_resample(args) -> int:
+    from srn_core.devices import resolve_device
+    from srn_core.evaluate import image_chunks
     from srn_core.geometry import ImageGeometry
-    from srn_core.model import load_model, resolve_device
+    from srn_core.loading import load_model
 
+    io.check_output_suffix(args.output)
     model = load_model(args.model, resolve_device(args.device))
+    model.field.clamp_output = not args.no_clamp
     dims = tuple(args.dims) if args.dims else model.geometry.dims
     bounds = tuple(args.bounds) if args.bounds else model.bounds
     geometry = ImageGeometry.from_bounds(bounds, dims)
+    asked = "--dims {} {} {}".format(*dims) if args.dims else "the grid {} x {} x {}".format(*dims)
     t0 = time.perf_counter()
-    values = model.resample(geometry, chunk_size=args.chunk_size, outside=args.outside, fill_value=args.fill_value)
+
+    def pieces():
+        # Stored as they come (.npy) or into VTK's one array (.vti): never a second output-sized copy.
+        bar = progress_bar(geometry.num_points, "point", "resample", quiet=args.quiet)
+        for values in image_chunks(model.field, geometry, model.bounds, chunk_size=args.chunk_size,
+                                   outside=args.outside, fill_value=args.fill_value):
+            yield values
+            bar.update(values.shape[0])
+        bar.close()
+
+    io.stream_volume(args.output, geometry, model.array_name, pieces(), asked)
     seconds = time.perf_counter() - t0
-    io.write_volume(args.output, values, geometry, model.array_name)
     print(f"wrote {args.output}: {geometry.dims[0]} x {geometry.dims[1]} x {geometry.dims[2]} points of "
           f"{model.array_name!r}, bounds {tuple(round(b, 6) for b in geometry.bounds)}, "
           f"{geometry.num_points / seconds / 1e6:.2f} M points/s")
@@ -135,30 +205,63 @@ def cmd_resample(args) -> int:
 
 def cmd_eval(args) -> int:
     from srn_core import metrics
-    from srn_core.model import load_model, resolve_device
+    from srn_core.devices import resolve_device
+    from srn_core.loading import load_model
 
+    from .figures import check_figure_path, write_comparison_figure
+
+    if args.figure:
+        check_figure_path(args.figure)  # before the work, not after it
     model = load_model(args.model, resolve_device(args.device))
+    model.field.clamp_output = not args.no_clamp
     reference = _read_input(args, args.reference)
+    _check_reference_geometry(reference.geometry, model.geometry, args.reference)
     recon = model.resample(reference.geometry, chunk_size=args.chunk_size)
     mask = reference.finite_mask
+    psnr = metrics.psnr(reference.values, recon, mask=mask)
     print(f"reference     {args.reference} ({reference.name!r}, {reference.geometry.dims})")
-    print(f"PSNR          {metrics.psnr(reference.values, recon, mask=mask):.3f} dB")
+    print(f"PSNR          {psnr:.3f} dB")
     print(f"max abs error {metrics.max_abs_error(reference.values, recon, mask=mask):.6g}")
     print(f"SSIM          {metrics.ssim(reference.values, recon, mask=mask):.5f}")
     print(f"ratio         {reference.geometry.num_points / model.num_parameters:.1f}x vs float32")
+    if args.figure:
+        write_comparison_figure(args.figure, reference.values, recon, reference.geometry,
+                                title=f"{reference.name}: PSNR {psnr:.2f} dB")
+        print(f"figure        {args.figure}")
     return 0
+
+
+def _check_reference_geometry(reference, trained, path) -> None:
+    """A reference on another grid than the training data's is a different volume (a transposed or cropped
+    file): refuse other dims; other bounds are compared in world coordinates, with a warning."""
+    if reference.dims != trained.dims:
+        raise ValueError(f"reference {str(path)!r} has dims {' x '.join(map(str, reference.dims))} but the model was "
+                         f"trained on dims {' x '.join(map(str, trained.dims))}; evaluate against the training grid "
+                         f"(or resample the model with srn resample).")
+    size = max(b - a for a, b in zip(trained.bounds[::2], trained.bounds[1::2]))
+    if any(abs(a - b) > 1e-6 * max(size, 1e-30) for a, b in zip(reference.bounds, trained.bounds)):
+        def show(bounds):
+            return "(" + ", ".join(f"{v:g}" for v in bounds) + ")"
+
+        warnings.warn(f"reference bounds {show(reference.bounds)} differ from the model's training bounds "
+                      f"{show(trained.bounds)}; comparing at the reference's world points (outside the model's "
+                      f"box the border values).", stacklevel=2)
 
 
 # ---- srn info ----------------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
-    from srn_core.model import load_model
+    from srn_core.loading import load_model
 
     print(load_model(args.model).describe())
     return 0
 
 
 # ---- parser ------------------------------------------------------------------------------------
+
+NO_CLAMP_HELP = ("do not clamp the model's values to its training value range (clamping is the default: every true "
+                 "value lies in that range, so it can only reduce the error)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srn", description=__doc__)
@@ -171,15 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--size", type=parse_size, help="target model size, e.g. 200KB, 1MB")
     budget.add_argument("--params", type=positive_int, help="target parameter count")
-    budget.add_argument("--ratio", type=float, default=100.0, help="target compression vs float32 (default 100)")
+    budget.add_argument("--ratio", type=positive_float, default=100.0,
+                        help="target compression vs float32 (default 100)")
     p.add_argument("--steps", type=positive_int, default=10_000, help="maximum steps (default 10000)")
     p.add_argument("--batch-size", type=positive_int, default=1 << 16, help="points per step (default 65536)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the architecture's, 0.01 for grid models)")
-    p.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
+    p.add_argument("--lr", type=positive_float,
+                   help="learning rate (default: the architecture's, 0.01 for grid models)")
+    p.add_argument("--time-limit", type=positive_float, help="stop after this many seconds of training")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (Ctrl-C, SIGTERM, a kill) from OUTPUT.checkpoint, exactly")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="STEPS",
+                   help="write OUTPUT.checkpoint every STEPS steps as well as every 60 s (default 500)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress-interval", type=non_negative_float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines when standard error is not a terminal (default 10)")
     _add_input_options(p)
     p.set_defaults(run=cmd_train)
 
@@ -194,13 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-value", type=float, default=0.0)
     p.add_argument("--chunk-size", type=positive_int, default=1 << 16, help="points per evaluation batch")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-clamp", action="store_true", help=NO_CLAMP_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_resample)
 
     p = sub.add_parser("eval", help="compare a model with a reference volume: PSNR, max error, SSIM")
     p.add_argument("model")
-    p.add_argument("reference", help="reference volume file")
+    p.add_argument("reference", help="reference volume file, on the model's training grid (same dims)")
+    p.add_argument("--figure", metavar="OUT.png",
+                   help="also write a PNG: original, reconstruction and error on the three mid slices")
     p.add_argument("--chunk-size", type=positive_int, default=1 << 16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-clamp", action="store_true", help=NO_CLAMP_HELP)
     _add_input_options(p)
     p.set_defaults(run=cmd_eval)
 
@@ -208,21 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.set_defaults(run=cmd_info)
 
-    try:
-        from . import render_command
-    except ImportError:  # pragma: no cover - the renderer is optional while being built
-        render_command = None
-    if render_command is not None:
-        p = sub.add_parser("render", help="ray-march a model into a PNG image")
-        render_command.add_arguments(p)
-        p.set_defaults(run=render_command.run)
+    p = sub.add_parser("render", help="ray-march a model into a PNG image")
+    render_command.add_arguments(p)
+    p.set_defaults(run=render_command.run)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # One line a user can read, like the errors: the core's warnings.warn names no source line worth showing.
+        print(f"srn {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("srn: interrupted.", file=sys.stderr)
         return 130

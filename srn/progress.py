@@ -7,6 +7,7 @@ caller's postfix) every ``interval`` seconds and once at the end.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -23,6 +24,7 @@ class LineProgress:
         self.postfix = ""
         self.start = self.last = time.perf_counter()
         self.closed = False
+        self.printed: tuple[int, str] | None = None
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -37,7 +39,8 @@ class LineProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._print(time.perf_counter())
+            if self.printed != (self.n, self.postfix):  # the last line already said it all
+                self._print(time.perf_counter())
 
     def _print(self, now: float) -> None:
         elapsed = now - self.start
@@ -46,6 +49,7 @@ class LineProgress:
         line = (f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * fraction:.0f}%), "
                 f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s")
         print(line + (f", {self.postfix}" if self.postfix else ""), file=self.file, flush=True)
+        self.printed = (self.n, self.postfix)
 
     def __enter__(self):
         return self
@@ -79,6 +83,14 @@ def progress_bar(total: int, unit: str, desc: str, quiet: bool = False, interval
     """A progress reporter on standard error: tqdm on a terminal, :class:`LineProgress` otherwise."""
     if quiet:
         return NoProgress()
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and _columns(sys.stderr) > 0:
         return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     return LineProgress(total, unit, desc, interval)
+
+
+def _columns(stream) -> int:
+    # A terminal that reports no width (a bare pty under `script`, some CI runners) gets an empty tqdm bar.
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0

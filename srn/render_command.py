@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="background colour in [0, 1] (default black)")
     p.add_argument("--transparent", action="store_true", help="write RGBA with a transparent background")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success (no progress either)")
 
 
 def run(args) -> int:
@@ -71,8 +71,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from srn_core.model import load_model, resolve_device
-    from srn_core.render import Camera, Renderer, RenderSettings, TransferFunction
+    from srn.progress import progress_bar
+    from srn_core.devices import resolve_device
+    from srn_core.loading import load_model
+    from srn_core.render import Camera, Renderer, RenderSettings, RenderVolume, TransferFunction
     from srn_core.render.image import over_background, to_uint8, write_png
 
     out = Path(args.output)
@@ -80,17 +82,22 @@ def run(args) -> int:
         raise ValueError(f"output {str(out)!r} must be a .png file.")
     if out.is_dir() or not out.parent.resolve().is_dir():
         raise ValueError(f"output {str(out)!r} must be a file path in an existing folder.")
+    preset = args.tf or args.preset or "Cool to Warm"
+    TransferFunction.from_preset(preset)  # a bad transfer function fails before a (slow) model load
     model = load_model(args.model, resolve_device(args.device))
     value_range = None if args.absolute else (tuple(args.range) if args.range else model.value_range)
-    tf = TransferFunction.from_preset(args.tf or args.preset or "Cool to Warm", value_range)
+    tf = TransferFunction.from_preset(preset, value_range)
     spacing = min(model.geometry.spacing)
     settings = RenderSettings(step=args.step, opacity_unit_distance=args.opacity_unit_distance or spacing,
                               early_termination=args.early_termination, macrocells=not args.no_macrocells,
                               shade=args.shade, chunk_size=args.chunk_size)
+    volume = RenderVolume.from_model(model)
+    settings.check_samples_per_ray(volume, "--step")
     camera = Camera.reset(model.bounds, view_angle=args.view_angle, parallel_projection=args.parallel)
     camera = camera.azimuth(args.azimuth).elevation(args.elevation).zoom(args.zoom)
     width, height = args.size
-    result = Renderer(model, settings).render(camera, tf, width, height)
+    with progress_bar(width * height, "ray", "render", quiet=args.quiet) as bar:
+        result = Renderer(volume, settings).render(camera, tf, width, height, progress=bar.update)
     if args.transparent:
         rgba = result.image.numpy()
         alpha = rgba[..., 3:4]

@@ -9,3 +9,10 @@ modelfile  the safetensors model file (no pickle, atomic writes);  peers: APMGSR
 data       Volume and readers (NIfTI, NetCDF, npy, raw);  metrics: PSNR, max error, SSIM
 render     ray marching a field with VTK's conventions
 """
+
+import os as _os
+
+# Threads waiting for work sleep instead of spinning. libgomp (torch's OpenMP) reads this once, when torch loads,
+# so it is set here, before any module of this package imports torch; a value the user set wins. With the
+# default spinning, one other busy process made evaluation 20x slower on a 2-core machine (docs/performance.md).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .geometry import ImageGeometry
+from .memory import check_allocation
 
 
 @dataclass
@@ -37,10 +38,17 @@ class Volume:
             raise ValueError(f"a volume needs 3 axes, got an array of shape {v.shape}.")
         if v.dtype.kind not in "fiub":
             raise ValueError(f"volume {self.name!r} has non-numeric dtype {v.dtype}.")
-        v = np.ascontiguousarray(v, dtype=np.float32)
+        wide = v if v.dtype.kind == "f" and v.dtype.itemsize > 4 else None
+        with np.errstate(over="ignore"):
+            v = np.ascontiguousarray(v, dtype=np.float32)
         if tuple(v.shape) != self.geometry.shape:
             raise ValueError(f"volume shape {v.shape} (nz, ny, nx) does not match geometry dims {self.geometry.dims}.")
         bad = ~np.isfinite(v)
+        if bad.any() and wide is not None:
+            beyond = int((bad & np.isfinite(wide)).sum())
+            if beyond:
+                raise ValueError(f"volume {self.name!r} holds {beyond} values beyond float32's range "
+                                 f"(+-{np.finfo(np.float32).max:.3g}); rescale the data.")
         if bad.any():
             if not self.mask_nonfinite:
                 raise ValueError(
@@ -50,6 +58,11 @@ class Volume:
                 raise ValueError(f"volume {self.name!r} holds no finite value.")
             v = v.copy()
             v[bad] = np.nan
+        lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+        if hi - lo > float(np.finfo(np.float32).max):
+            # Training normalises by max - min and a model rescales by it, both in float32: it would be inf.
+            raise ValueError(f"volume {self.name!r} spans [{lo:.3g}, {hi:.3g}]: its range max - min overflows "
+                             f"float32 ({np.finfo(np.float32).max:.3g}); rescale the data.")
         self.values = v
 
     @property
@@ -69,45 +82,80 @@ class Volume:
 
 # ---- readers -----------------------------------------------------------------------------------
 
+def check_regular_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, refusing anything but a regular file (or a link to one): reading a FIFO or a device
+    would block or never end."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise ValueError(f"input file {str(path)!r} is not a regular file (a folder, FIFO or device); "
+                         f"give a volume file.")
+    return path
+
+
 def read_numpy(path: str | os.PathLike, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), name: str | None = None,
-               axis_order: str = "zyx") -> Volume:
+               axis_order: str = "zyx", mask_nonfinite: bool = False) -> Volume:
     """A ``.npy`` file holding a 3-D array; ``axis_order`` says which world axis each array axis is."""
+    path = check_regular_file(path)
     arr = np.load(path, allow_pickle=False)  # never unpickle
     return Volume(_to_zyx(arr, axis_order), _geometry(arr.shape, axis_order, spacing, origin),
-                  name or Path(path).stem)
+                  name or path.stem, mask_nonfinite)
 
 
 def read_raw(path: str | os.PathLike, shape: Sequence[int], dtype: str, spacing=(1.0, 1.0, 1.0),
-             origin=(0.0, 0.0, 0.0), name: str | None = None, axis_order: str = "zyx", offset: int = 0) -> Volume:
+             origin=(0.0, 0.0, 0.0), name: str | None = None, axis_order: str = "zyx", offset: int = 0,
+             mask_nonfinite: bool = False) -> Volume:
     """A headerless binary file of ``shape`` (in ``axis_order``) and ``dtype`` (e.g. ``<f4``, ``uint8``)."""
+    path = check_regular_file(path)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"raw shape must be three positive sizes, got {shape}.")
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not a NumPy dtype; use e.g. <f4, uint8 or >i2.") \
+            from None
+    if dt.kind not in "fiub":
+        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not numeric; use e.g. <f4, uint8 or >i2.")
     need = offset + int(np.prod(shape)) * dt.itemsize
     have = os.path.getsize(path)
     if have != need:
         raise ValueError(f"raw file {str(path)!r} has {have} bytes but shape {shape} of {dt} needs {need}.")
     arr = np.fromfile(path, dtype=dt, offset=offset).reshape(shape)
-    return Volume(_to_zyx(arr, axis_order), _geometry(shape, axis_order, spacing, origin), name or Path(path).stem)
+    return Volume(_to_zyx(arr, axis_order), _geometry(shape, axis_order, spacing, origin), name or path.stem,
+                  mask_nonfinite)
 
 
-def read_nifti(path: str | os.PathLike, name: str | None = None) -> Volume:
+def read_nifti(path: str | os.PathLike, name: str | None = None, mask_nonfinite: bool = False) -> Volume:
     """A NIfTI image: array axes (i, j, k) are VTK's (x, y, z); spacing from the voxel sizes (``zooms``)."""
     try:
         import nibabel
+        from nibabel.filebasedimages import ImageFileError
     except ImportError:
         raise ImportError("reading NIfTI files needs nibabel: pip install nibabel") from None
-    img = nibabel.load(str(path))
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"NIfTI file {str(path)!r} holds a {arr.ndim}-D image of shape {arr.shape}; need 3-D.")
-    arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(arr.shape)
+    import gzip
+    import zlib
+
+    path = check_regular_file(path)
+    try:
+        img = nibabel.load(str(path))
+        shape = tuple(img.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            raise ValueError(f"NIfTI file {str(path)!r} holds a {len(shape)}-D image of shape {shape}; need 3-D.")
+        # A few compressed bytes can declare any size: check the header's before decompressing into it.
+        check_allocation(4 * int(np.prod(shape, dtype=np.float64)),
+                         f"NIfTI file {str(path)!r} (an image of {' x '.join(map(str, shape))} points)")
+        arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except (ImageFileError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # nibabel reads lazily: a cut-off gzip stream only shows when the data are decompressed.
+        raise ValueError(f"NIfTI file {str(path)!r} is truncated or corrupt ({exc}).") from None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    stem = Path(path).name.split(".")[0]
-    return Volume(_to_zyx(arr, "xyz"), _geometry(arr.shape, "xyz", zooms, (0.0, 0.0, 0.0)), name or stem)
+    stem = path.name.split(".")[0]
+    return Volume(_to_zyx(arr, "xyz"), _geometry(arr.shape, "xyz", zooms, (0.0, 0.0, 0.0)), name or stem,
+                  mask_nonfinite)
 
 
 def read_netcdf(path: str | os.PathLike, variable: str | None = None, axis_order: str | None = None,
@@ -119,6 +167,7 @@ def read_netcdf(path: str | os.PathLike, variable: str | None = None, axis_order
         import netCDF4
     except ImportError:
         raise ImportError("reading NetCDF files needs netCDF4: pip install netCDF4") from None
+    path = check_regular_file(path)
     with netCDF4.Dataset(str(path)) as ds:
         candidates = [n for n, v in ds.variables.items() if v.ndim >= 3]
         if variable is None:

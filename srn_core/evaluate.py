@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,24 +35,39 @@ def evaluate_image(field: Callable[[torch.Tensor], torch.Tensor], geometry: Imag
                    fill_value: float = 0.0) -> np.ndarray:
     """Values of ``field`` at the points of ``extent`` of ``geometry`` as float32 ``(nz, ny, nx)`` (x fastest).
 
-    ``model_bounds`` is the world box that maps to the model cube. Points are generated chunk by chunk, so
-    peak memory is a few ``chunk_size`` rows whatever the image size. Points outside the model box follow
-    ``outside``: ``"clamp"`` evaluates at the nearest point of the box (border extension, finite everywhere),
-    ``"nan"`` gives NaN, ``"fill"`` gives ``fill_value``.
+    ``model_bounds`` is the world box that maps to the model cube. Points are generated chunk by chunk
+    (:func:`image_chunks`), so peak memory is the output plus a few ``chunk_size`` rows whatever the image size.
+    Points outside the model box follow ``outside``: ``"clamp"`` evaluates at the nearest point of the box
+    (border extension, finite everywhere), ``"nan"`` gives NaN, ``"fill"`` gives ``fill_value``.
     """
+    e = geometry.whole_extent if extent is None else check_extent(extent)
+    shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    out = np.empty(shape, dtype=np.float32)
+    flat = torch.from_numpy(out.reshape(-1))  # a view: chunks land in ``out`` itself
+    start = 0
+    for values in image_chunks(field, geometry, model_bounds, e, chunk_size, outside, fill_value):
+        flat[start:start + values.shape[0]] = values
+        start += values.shape[0]
+    return out
+
+
+def image_chunks(field: Callable[[torch.Tensor], torch.Tensor], geometry: ImageGeometry,
+                 model_bounds: Sequence[float], extent: Sequence[int] | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, outside: str = "clamp",
+                 fill_value: float = 0.0) -> Iterator[torch.Tensor]:
+    """The values of :func:`evaluate_image` as they are evaluated: float32 CPU tensors ``(m,)`` of at most
+    ``chunk_size`` points each, in the image's flat order (x fastest). A writer that stores each piece as it
+    comes (``srn resample`` to ``.npy``) holds O(``chunk_size``) whatever the output size."""
     chunk_size = check_chunk_size(chunk_size)
     if outside not in OUTSIDE_POLICIES:
         raise ValueError(f"outside must be one of {OUTSIDE_POLICIES}, got {outside!r}.")
     e = geometry.whole_extent if extent is None else check_extent(extent)
-    shape = (e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
-    n = shape[0] * shape[1] * shape[2]
-    out = np.empty(n, dtype=np.float32)
-    result = torch.from_numpy(out)
+    n = (e[5] - e[4] + 1) * (e[3] - e[2] + 1) * (e[1] - e[0] + 1)
     device = _device_of(field, torch.device("cpu"))
     tol = 1e-6  # points on the box's faces count as inside despite rounding
-    with torch.inference_mode():
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        with torch.inference_mode():  # per chunk: the mode must not leak to the consumer between pieces
             pts = extent_points(geometry, e, model_bounds, start, stop)
             inside = None
             if outside != "clamp":
@@ -60,8 +75,7 @@ def evaluate_image(field: Callable[[torch.Tensor], torch.Tensor], geometry: Imag
             values = field(pts.clamp_(-1.0, 1.0).to(device)).to("cpu", torch.float32)
             if inside is not None:
                 values = torch.where(inside, values, torch.tensor(np.nan if outside == "nan" else fill_value))
-            result[start:stop] = values
-    return out.reshape(shape)
+        yield values
 
 
 def check_chunk_size(chunk_size: int) -> int:

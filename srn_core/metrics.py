@@ -109,7 +109,8 @@ def ssim(reference, reconstruction, data_range: float | None = None, mask=None) 
     ImportError
         When scikit-image is not installed (``pip install scikit-image``).
     ValueError
-        When an axis has fewer than 3 points.
+        When an axis has fewer than 3 points, or no point counts (an all-false mask, or a mask whose points all
+        lie in the border half-window).
     """
     try:
         from skimage.metrics import structural_similarity
@@ -130,7 +131,9 @@ def ssim(reference, reconstruction, data_range: float | None = None, mask=None) 
     inner = tuple(slice(pad, n - pad) for n in ref.shape)
     counted = keep[inner]
     if not counted.any():
-        counted = np.ones_like(counted)
+        # The map is not defined there; averaging the filled-in background instead would be a number of nothing.
+        raise ValueError(f"SSIM: every counted point lies within {pad} points of the border, where the {win}-point "
+                         f"window does not fit; nothing to compare.")
     return float(ssim_map[inner][counted].mean())
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field as dataclass_field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from .evaluate import DEFAULT_CHUNK_SIZE, evaluate_image
 from .fields import Field, build_field
-from .geometry import ImageGeometry, world_to_model
-from .modelfile import ModelFileError, load_tensors, save_tensors
+from .geometry import ImageGeometry
+from .memory import check_allocation, format_bytes
+from .modelfile import ModelFileError, save_tensors
 
 
 @dataclass
@@ -27,7 +28,6 @@ class NeuralVolume:
     geometry: ImageGeometry
     array_name: str = "values"
     training: dict[str, Any] = dataclass_field(default_factory=dict)
-    time_steps: list[float] | None = None
     source: str = ""
     """Where it was loaded from (a path; peers' checkpoints are named by their folder)."""
 
@@ -49,9 +49,6 @@ class NeuralVolume:
         """float32 bytes of the training data / float32 bytes of the parameters."""
         return self.geometry.num_points / max(1, self.num_parameters)
 
-    def to_model(self, world_points: torch.Tensor) -> torch.Tensor:
-        return world_to_model(world_points, self.bounds)
-
     def resample(self, geometry: ImageGeometry | None = None, extent=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  outside: str = "clamp", fill_value: float = 0.0):
         """The model sampled on ``geometry`` (default: the training data's grid) as float32 ``(nz, ny, nx)``."""
@@ -66,43 +63,42 @@ class NeuralVolume:
             "array_name": self.array_name,
             "value_range": list(self.value_range),
             "geometry": self.geometry.to_dict(),
-            "time_steps": self.time_steps,
             "training": self.training,
         }
 
-    # ---- files ---------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, extra_tensors: dict[str, torch.Tensor] | None = None,
-             extra_metadata: dict[str, Any] | None = None) -> None:
+    # ---- files (loading any model path is srn_core.loading.load_model) ------------------------------
+    def save(self, path: str | os.PathLike) -> None:
         """Write the model file atomically (safetensors + JSON metadata)."""
         tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        tensors.update(extra_tensors or {})
-        save_tensors(path, tensors, {**self.metadata(), **(extra_metadata or {})})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "NeuralVolume":
-        """Load our model file, or a peer's checkpoint folder (APMGSRN ``options.json`` + ``model.ckpt.tar``)."""
-        path = Path(path)
-        if path.is_dir():
-            from .peers import load_peer_checkpoint
-            return load_peer_checkpoint(path, device=device)
-        tensors, meta = load_tensors(path)
-        return cls.from_tensors(tensors, meta, str(path), device)
+        save_tensors(path, tensors, self.metadata())
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "",
                      device: str | torch.device = "cpu") -> "NeuralVolume":
+        """The model a file's tensors and metadata describe; one :class:`ModelFileError` if they do not.
+
+        Nothing is allocated on the metadata's word: the field its config describes is first built on torch's
+        ``meta`` device (shapes without memory), so a small file declaring huge grids is refused by comparing
+        those shapes with the tensors actually present, and a consistent but huge model by the memory check.
+        """
+        where = f"model file {source!r}"
+        architecture, config, value_range, geometry, array_name, training = _checked_metadata(meta, where)
+        state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         try:
-            field = build_field(meta["architecture"], meta.get("config", {}), meta.get("value_range", (0.0, 1.0)))
-            state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
+            with torch.device("meta"):
+                shell = build_field(architecture, config, value_range)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as exc:
+            raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
+        _check_state_shapes(shell, state, where)
+        nbytes = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
+        check_allocation(nbytes, f"{where} ({architecture}, {shell.num_parameters():,} parameters)")
+        try:
+            field = build_field(architecture, config, value_range)
             field.load_state_dict(state, strict=True)
-            g = meta["geometry"]
-            geometry = ImageGeometry(g["dims"], g["origin"], g["spacing"])
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelFileError(f"model file {source!r} does not describe a valid model ({msg}).") from None
+            raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
         field.to(device).eval()
-        return cls(field, geometry, meta.get("array_name", "values"), meta.get("training", {}),
-                   meta.get("time_steps"), source)
+        return cls(field, geometry, array_name, training, source)
 
     def describe(self) -> str:
         """A human-readable summary (what ``srn info`` prints)."""
@@ -120,24 +116,61 @@ class NeuralVolume:
             f"bounds        {tuple(round(v, 6) for v in g.bounds)}",
             "config        " + ", ".join(f"{k}={v}" for k, v in self.field.config_dict().items()),
         ]
-        if self.time_steps:
-            lines.append(f"time steps    {self.time_steps}")
         width = max((len(k) for k in self.training), default=0) + 2  # keys such as stopped_because stay apart
         for k, v in self.training.items():
             lines.append(f"training.{k:<{width}}{v}")
         return "\n".join(lines)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> NeuralVolume:
-    return NeuralVolume.load(path, device)
+def check_value_range(lo: float, hi: float, where: str) -> None:
+    """Refuse a value range that would rescale every output to NaN, Inf or upside down."""
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ModelFileError(f"{where} has value range [{lo:g}, {hi:g}]; a value range is two finite numbers "
+                             f"min <= max (the file is damaged).")
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but this machine has no CUDA device; use 'cpu' or 'auto'.")
-    return dev
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
+
+def _checked_metadata(meta: dict[str, Any], where: str):
+    """``(architecture, config, value_range, geometry, array_name, training)`` of valid metadata."""
+    def typed(key, kind, default, what):
+        value = meta.get(key, default)
+        if not isinstance(value, kind):
+            raise ModelFileError(f"{where} is damaged: {key} must be {what}, got {value!r}.")
+        return value
+
+    architecture = typed("architecture", str, None, "a string")
+    config = typed("config", dict, {}, "a JSON object")
+    array_name = typed("array_name", str, "values", "a string")
+    training = typed("training", dict, {}, "a JSON object")
+    value_range = typed("value_range", list, [0.0, 1.0], "[min, max]")
+    if len(value_range) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        raise ModelFileError(f"{where} is damaged: value_range must be [min, max], got {value_range!r}.")
+    check_value_range(float(value_range[0]), float(value_range[1]), where)
+    g = meta.get("geometry")
+    if not isinstance(g, dict):
+        raise ModelFileError(f"{where} has no geometry (the training data's dims, origin and spacing).")
+    try:
+        geometry = ImageGeometry(g["dims"], g["origin"], g["spacing"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{where} has an invalid geometry ({_first_line(exc)}).") from None
+    return architecture, config, tuple(value_range), geometry, array_name, training
+
+
+def _check_state_shapes(shell: Field, state: dict[str, torch.Tensor], where: str) -> None:
+    """The tensors the config declares (``shell``'s state dict) against those in the file, by name and shape."""
+    declared = shell.state_dict()
+    missing = sorted(set(declared) - set(state))
+    unexpected = sorted(set(state) - set(declared))
+    if missing or unexpected:
+        parts = ([f"lacks {', '.join('field.' + k for k in missing[:4])}"] if missing else []) + \
+                ([f"holds undeclared {', '.join('field.' + k for k in unexpected[:4])}"] if unexpected else [])
+        raise ModelFileError(f"{where} does not match its config: it {' and '.join(parts)}.")
+    for key, t in declared.items():
+        if tuple(state[key].shape) != tuple(t.shape):
+            raise ModelFileError(f"{where} declares field.{key} of shape {list(t.shape)} but holds "
+                                 f"{list(state[key].shape)} (a damaged file; "
+                                 f"the declared tensor alone would need {format_bytes(t.numel() * t.element_size())}).")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .fields.apmgsrn import APMGSRN, APMGSRNConfig
+from .fields.apmgsrn import APMGSRN, APMGSRNConfig, peer_grid_initialization
 from .fields.ensemble import EnsembleConfig, EnsembleField
 from .geometry import ImageGeometry
 from .model import NeuralVolume
@@ -41,6 +41,8 @@ UNSUPPORTED_NAMES = ("fVSRN", "fVSRN_NGP", "NGP", "NGP_TCNN", "APMGSRN_NGP")
 _DEFAULTS = {"n_dims": 3, "n_outputs": 1, "n_layers": 2, "nodes_per_layer": 64, "use_bias": False,
              "requires_padded_feats": False, "ensemble": False, "model": "AMRSRN"}
 _TCNN_ALIGNMENT = 16  # FullyFusedMLP pads its input and output widths to multiples of 16
+_BOOLEAN_OPTIONS = ("use_bias", "requires_padded_feats", "ensemble")
+_INTEGER_OPTIONS = ("n_dims", "n_outputs", "n_layers", "nodes_per_layer")  # each at least 1
 
 
 def load_peer_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu") -> NeuralVolume:
@@ -60,7 +62,7 @@ def load_peer_checkpoint(folder: str | os.PathLike, device: str | torch.device =
     if not folder.is_dir():
         raise FileNotFoundError(f"peer checkpoint folder {str(folder)!r} does not exist.")
     options = read_options(folder)
-    if bool(options.get("ensemble")):
+    if options["ensemble"]:
         return _load_ensemble(folder, options, device)
     field = _load_apmgsrn_field(folder, options)
     field.to(device).eval()
@@ -81,7 +83,41 @@ def read_options(folder: Path) -> dict[str, Any]:
         raise ModelFileError(f"options file {str(path)!r} is not readable JSON ({exc}).") from None
     if not isinstance(options, dict):
         raise ModelFileError(f"options file {str(path)!r} must hold a JSON object, got {type(options).__name__}.")
-    return {**_DEFAULTS, **options}
+    options = {**_DEFAULTS, **options}
+    for key in _BOOLEAN_OPTIONS:
+        options[key] = _boolean_option(options[key], key, path)
+    for key in _INTEGER_OPTIONS:
+        options[key] = _integer_option(options[key], key, path)
+    return options
+
+
+def _boolean_option(value: Any, key: str, path: Path) -> bool:
+    """``true``/``false`` as JSON booleans, 0/1, or those words as strings; anything else is refused.
+
+    ``bool("false")`` is true, so reading a hand-edited or converted options file leniently would silently
+    load the wrong model.
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "0", "1"):
+        return value.strip().lower() in ("true", "1")
+    raise ModelFileError(f"options file {str(path)!r} has {key}={value!r}; expected true or false.")
+
+
+def _integer_option(value: Any, key: str, path: Path) -> int:
+    """A whole number of at least 1, also as a string ("2") or a float (2.0); anything else is refused."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        number = int(value)
+    if number is None or number < 1:
+        raise ModelFileError(f"options file {str(path)!r} has {key}={value!r}; expected a whole number of at least 1.")
+    return number
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -192,9 +228,9 @@ def _apmgsrn_from_state(options: dict[str, Any], state: dict[str, torch.Tensor])
     missing = [k for k in ("encoder.transformation_matrices", "encoder.feature_grids") if k not in state]
     if missing:
         raise ModelFileError(f"the state dict lacks {missing}")
-    if int(options["n_dims"]) != 3:
+    if options["n_dims"] != 3:
         raise ModelFileError(f"n_dims={options['n_dims']} is not supported (only 3-D volumes)")
-    if int(options["n_outputs"]) != 1:
+    if options["n_outputs"] != 1:
         raise ModelFileError(f"n_outputs={options['n_outputs']} is not supported (only scalar fields)")
     transforms = state["encoder.transformation_matrices"].float()
     grids = state["encoder.feature_grids"].float()
@@ -203,29 +239,28 @@ def _apmgsrn_from_state(options: dict[str, Any], state: dict[str, torch.Tensor])
                              f"are not [G, F, D, H, W] and [G, 4, 4]")
     n_grids, n_features = int(grids.shape[0]), int(grids.shape[1])
     n_in = n_grids * n_features
-    n_layers, width = int(options["n_layers"]), int(options["nodes_per_layer"])
+    n_layers, width = options["n_layers"], options["nodes_per_layer"]
 
     if "decoder.params" in state:
         weights = tcnn_decoder_weights(state["decoder.params"], n_in, width, n_layers)
         biases = None
     else:
-        weights, biases = _torch_decoder_weights(state, n_layers, bool(options["use_bias"]))
-        padding = _padded(n_in) - n_in if bool(options["requires_padded_feats"]) else 0
+        weights, biases = _torch_decoder_weights(state, n_layers, options["use_bias"])
+        padding = _padded(n_in) - n_in if options["requires_padded_feats"] else 0
         if weights[0].shape[1] != n_in + padding:
             raise ModelFileError(f"decoder.0.linear.weight has {weights[0].shape[1]} inputs but "
                                  f"{n_grids} grids x {n_features} features + {padding} padding = {n_in + padding}")
     padding = int(weights[0].shape[1]) - n_in
     width = int(weights[0].shape[0])
-    if biases is not None:
-        weights = fold_biases(weights, biases)
-        padding, width = padding + 1, width + 1
-
     config = APMGSRNConfig(n_grids=n_grids, n_features=n_features, grid_shape=tuple(grids.shape[2:]), width=width,
-                           n_hidden_layers=n_layers, input_padding=padding)
+                           n_hidden_layers=n_layers, input_padding=padding, use_bias=biases is not None,
+                           grid_initialization=peer_grid_initialization(options.get("grid_initialization")))
     field = APMGSRN(config, value_range=_value_range(options))
     ours = {"value_range": field.value_range, "transforms": transforms, "feature_grids": grids}
-    for linear_name, w in zip(_linear_names(field), weights):
+    for linear_name, w, b in zip(_linear_names(field), weights, biases or [None] * len(weights)):
         ours[linear_name] = w
+        if b is not None:
+            ours[linear_name.removesuffix("weight") + "bias"] = b
     field.load_state_dict(ours, strict=True)
     return field
 
@@ -243,11 +278,12 @@ def tcnn_decoder_weights(params: torch.Tensor, n_in: int, width: int, n_layers: 
     padded output rows only row 0 is the model's output.
     """
     flat = params.detach().float().reshape(-1)
-    shapes = [(width, _padded(n_in))] + [(width, width)] * (n_layers - 1) + [(_padded(1), width)]
-    expected = sum(a * b for a, b in shapes)
+    # Counted before the layer list is built: options declaring a billion layers must not build one.
+    expected = width * _padded(n_in) + (n_layers - 1) * width * width + _padded(1) * width
     if flat.numel() != expected:
         raise ModelFileError(f"decoder.params has {flat.numel()} values but a FullyFusedMLP with {n_in} inputs, "
                              f"{n_layers} hidden layers of {width} neurons needs {expected}")
+    shapes = [(width, _padded(n_in))] + [(width, width)] * (n_layers - 1) + [(_padded(1), width)]
     weights, start = [], 0
     for rows, cols in shapes:
         weights.append(flat[start:start + rows * cols].reshape(rows, cols).clone())
@@ -257,6 +293,8 @@ def tcnn_decoder_weights(params: torch.Tensor, n_in: int, width: int, n_layers: 
 
 
 def _torch_decoder_weights(state, n_layers: int, use_bias: bool):
+    if f"decoder.{n_layers}.weight" not in state:  # checked first: n_layers may be huge
+        raise ModelFileError(f"n_layers is {n_layers} but the state dict has no output layer decoder.{n_layers}.weight")
     names = [f"decoder.{i}.linear" for i in range(n_layers)] + [f"decoder.{n_layers}"]
     missing = [n + ".weight" for n in names if n + ".weight" not in state]
     if missing:
@@ -272,26 +310,6 @@ def _torch_decoder_weights(state, n_layers: int, use_bias: bool):
     if biases is not None:
         biases[-1] = biases[-1][:1]
     return weights, biases
-
-
-def fold_biases(weights: list[torch.Tensor], biases: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Exactly re-express a biased ReLU MLP as a bias-free one with one extra input (fed 1.0) and one extra neuron.
-
-    The extra neuron copies the constant 1 through every hidden layer (ReLU(1) = 1), and each layer's bias
-    becomes its weight on that constant. Our APMGSRN decoder is bias-free like tiny-cuda-nn's, so this keeps
-    APMGSRN's rare ``use_bias`` checkpoints loadable without a second decoder type.
-    """
-    out = []
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        last = i == len(weights) - 1
-        rows, cols = w.shape
-        folded = torch.zeros(rows + (0 if last else 1), cols + 1, dtype=w.dtype)
-        folded[:rows, :cols] = w
-        folded[:rows, cols] = b
-        if not last:
-            folded[rows, cols] = 1.0
-        out.append(folded)
-    return out
 
 
 def _linear_names(field: APMGSRN) -> list[str]:
@@ -318,6 +336,8 @@ def _geometry(options: dict[str, Any], folder: Path) -> ImageGeometry:
 
 def _value_range(options: dict[str, Any]) -> tuple[float, float]:
     try:
+        if any(isinstance(options.get(k), bool) for k in ("data_min", "data_max")):
+            raise TypeError  # float(True) would be 1.0
         lo, hi = float(options["data_min"]), float(options["data_max"])
     except KeyError as exc:
         raise ModelFileError(f"the options have no {exc.args[0]} (the value range is stored only there)") from None

@@ -9,7 +9,10 @@
 * The learning rate follows ReduceLROnPlateau on the running mean loss (the paper's schedule); training stops
   early once it has fallen below ``min_lr_fraction`` of its start, at ``steps``, or at ``time_limit``.
 * Checkpoints (safetensors, no pickle) hold the field, optimizer, scheduler and RNG state, so an interrupted
-  run resumes to exactly the same result. Ctrl-C writes one and raises :class:`TrainingInterrupted`.
+  run resumes to exactly the same result. Ctrl-C or SIGTERM is deferred to the end of the current step, which
+  writes one and raises :class:`TrainingInterrupted`.
+* :func:`fit` is the entry point of every front end: it builds the field from a parameter budget with
+  seed-only initial weights and the architecture's defaults, then calls :func:`train`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -27,9 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import Volume
-from .fields import Field
+from .fields import Field, field_for_budget
+from .memory import check_allocation
 from .metrics import psnr as psnr_of
-from .model import NeuralVolume, resolve_device
+from .devices import resolve_device
+from .model import NeuralVolume
 from .modelfile import ModelFileError, load_tensors, save_tensors
 
 
@@ -61,9 +69,11 @@ class TrainConfig:
     """Stop early once the learning rate falls below this fraction of ``lr``."""
     checkpoint_every: float = 60.0
     """Seconds between checkpoints (when a checkpoint path is given)."""
+    checkpoint_every_steps: int = 500
+    """Steps between checkpoints, so a run killed before the first timed one still leaves one."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "checkpoint_every_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.lr is not None and not (self.lr > 0):
@@ -96,12 +106,54 @@ class TrainResult:
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped by Ctrl-C or an abort request; the checkpoint (if any) holds the state to resume from."""
+    """Training stopped by Ctrl-C, SIGTERM or an abort request, between two steps.
 
-    def __init__(self, step: int, checkpoint: str | None):
-        self.step, self.checkpoint = step, checkpoint
+    The checkpoint (if any) holds the state after ``step`` whole steps: resuming from it ends exactly where an
+    uninterrupted run ends. ``signal`` is the signal number that stopped it (``None`` for an abort request).
+    """
+
+    def __init__(self, step: int, checkpoint: str | None, signal: int | None = None):
+        self.step, self.checkpoint, self.signal = step, checkpoint, signal
         where = f"; resume from checkpoint {checkpoint!r}" if checkpoint else ""
         super().__init__(f"training interrupted at step {step}{where}.")
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM handlers for the training loop (main thread only; the previous handlers come back after).
+
+    While ``deferring`` a signal is only recorded, so a step is never cut in half (a checkpoint taken then would
+    hold half an optimizer update and resume to a different model); the loop checks :attr:`received` between
+    steps. Otherwise (the final evaluation) it raises :class:`KeyboardInterrupt` at once. SIGTERM, which
+    schedulers and ``mpirun`` send, is handled exactly like Ctrl-C. Where a host installed its own handlers
+    outside Python (``signal.getsignal`` gives ``None``) they are left alone.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.deferring = True
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.deferring:
+            self.received = signum
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is not None:
+                    self.previous[sig] = previous
+                    signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+        self.previous.clear()
 
 
 def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
@@ -110,7 +162,14 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
     """Fit ``field`` to ``volume``; returns the trained :class:`NeuralVolume` with its final PSNR.
 
     ``callback`` is called every ``callback_every`` steps; returning ``True`` aborts (like Ctrl-C: the
-    checkpoint is written and :class:`TrainingInterrupted` raised).
+    checkpoint is written and :class:`TrainingInterrupted` raised). With a ``checkpoint`` path the state is saved
+    every ``config.checkpoint_every_steps`` steps, every ``config.checkpoint_every`` seconds, on an interrupt and
+    once more when training ends; the checkpoint is kept, so the caller deletes it only once the model file is
+    safely written (a failed write then loses nothing: ``resume`` goes straight to the finished state).
+
+    An interrupt during the final full-volume evaluation (which only measures the PSNR) does not lose the model:
+    the result then has ``psnr`` NaN, the model's ``training`` no ``"psnr"`` and ``stopped_because`` ends in
+    ``"; PSNR not measured (interrupted)"``.
     """
     device = resolve_device(config.device)
     if config.lr is None:
@@ -120,40 +179,121 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
         state.load(checkpoint)
     elif resume and checkpoint is not None:
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume.")
-    last_checkpoint = time.perf_counter()
     stopped = "steps"
-    try:
-        while state.step < config.steps:
-            if config.time_limit is not None and state.seconds >= config.time_limit:
-                stopped = "time_limit"
-                break
-            if state.lr < config.min_lr_fraction * config.lr:
-                stopped = "converged"
-                break
-            state.run_step()
-            if callback is not None and (state.step % callback_every == 0 or state.step == config.steps):
-                if callback(state.progress()):
+    with _Interrupts() as interrupts:
+        saver = _CheckpointSaver(state, checkpoint)
+        try:
+            while state.step < config.steps:
+                if interrupts.received is not None:
                     raise KeyboardInterrupt
-            if checkpoint is not None and time.perf_counter() - last_checkpoint > config.checkpoint_every:
-                state.save(checkpoint)
-                last_checkpoint = time.perf_counter()
-    except KeyboardInterrupt:
-        if checkpoint is not None:
-            state.save(checkpoint)
-        raise TrainingInterrupted(state.step, None if checkpoint is None else str(checkpoint)) from None
-    field.eval()
-    model = NeuralVolume(field, volume.geometry, volume.name)
-    recon = model.resample()
-    final_psnr = psnr_of(volume.values, recon, mask=volume.finite_mask)
+                if config.time_limit is not None and state.seconds >= config.time_limit:
+                    stopped = "time_limit"
+                    break
+                if state.lr < config.min_lr_fraction * config.lr:
+                    stopped = "converged"
+                    break
+                state.run_step()
+                if callback is not None and (state.step % callback_every == 0 or state.step == config.steps):
+                    if callback(state.progress()):
+                        raise KeyboardInterrupt
+                saver.maybe_save()
+        except KeyboardInterrupt:
+            saver.save()
+            raise TrainingInterrupted(state.step, None if checkpoint is None else str(checkpoint),
+                                      interrupts.received) from None
+        saver.save()  # the finished state: a failed model write can be redone with resume, without training
+        field.eval()
+        model = NeuralVolume(field, volume.geometry, volume.name)
+        # The evaluation may take longer than the training but only measures: an interrupt ends it at once, and
+        # the model is returned without a PSNR instead of being lost.
+        final_psnr = math.nan
+        try:
+            interrupts.deferring = False
+            if interrupts.received is None:  # none arrived while the last checkpoint was written
+                final_psnr = psnr_of(volume.values, model.resample(), mask=volume.finite_mask)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            interrupts.deferring = True
+    if math.isnan(final_psnr):
+        stopped += "; PSNR not measured (interrupted)"
     model.training = {
         "steps": state.step, "seconds": round(state.seconds, 3), "psnr": round(final_psnr, 4),
         "stopped_because": stopped, "data_sha256": state.checksum, "seed": config.seed,
         "batch_size": config.batch_size, "lr": config.lr, "device": str(device),
         "grids_frozen_at": state.frozen_at, "torch": torch.__version__,
     }
-    if checkpoint is not None and os.path.exists(checkpoint):
-        os.unlink(checkpoint)  # the finished model supersedes it
+    if math.isnan(final_psnr):
+        del model.training["psnr"]  # unknown, not NaN: readers treat a present "psnr" as a measurement
     return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
+
+
+class _CheckpointSaver:
+    """Writes the training state every so many steps and seconds; a failed write is reported once, not fatal.
+
+    Checkpointing by steps as well as by time means a process killed outright (SIGKILL, the OOM killer) early in
+    a run still leaves something to resume. A full disk must not end a training that may still write its (much
+    smaller) model, so a failing write only warns.
+    """
+
+    def __init__(self, state: "_TrainState", path: str | os.PathLike | None):
+        self.state, self.path = state, path
+        self.last_time, self.last_step = time.perf_counter(), state.step
+        self.warned = False
+
+    def maybe_save(self) -> None:
+        c = self.state.config
+        if self.path is not None and (self.state.step - self.last_step >= c.checkpoint_every_steps
+                                      or time.perf_counter() - self.last_time > c.checkpoint_every):
+            self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.state.save(self.path)
+        except OSError as exc:
+            if not self.warned:
+                self.warned = True
+                warnings.warn(f"could not write the training checkpoint {str(self.path)!r} ({exc.strerror or exc}); "
+                              f"training goes on, but an interrupt would lose the steps since the last one.",
+                              stacklevel=3)
+        self.last_time, self.last_step = time.perf_counter(), self.state.step
+
+
+def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None,
+        config: TrainConfig = TrainConfig(), *, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+        callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25) -> TrainResult:
+    """Build a field of ``architecture`` with about ``budget`` parameters and train it on ``volume``.
+
+    The one entry point of every front end (the ``srn`` command, Train Neural Volume), so a seed means the same
+    model everywhere. ``budget`` defaults to the data's points / 100 (100x compression against float32);
+    ``config.lr=None`` means the architecture's own ``default_lr``. The initial weights are drawn inside
+    :func:`torch.random.fork_rng` from ``config.seed``: they depend on the seed alone, and the caller's global
+    random state is neither read nor changed.
+    """
+    if budget is None:
+        budget = volume.geometry.num_points // 100
+    budget = int(budget)
+    check_training_memory(budget, f"a parameter budget of {budget:,}")
+    device = resolve_device(config.device)
+    # Fork only the generators the initialisation can touch: the CPU one, and the training device's.
+    forked = []
+    if device.type == "cuda":
+        forked = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(config.seed)
+        field = field_for_budget(architecture, budget, volume.geometry.shape, volume.value_range)
+    return train(volume, field, config, checkpoint=checkpoint, resume=resume, callback=callback,
+                 callback_every=callback_every)
+
+
+def check_training_memory(budget: int, what: str) -> None:
+    """Refuse a parameter budget whose training state cannot fit in memory, before allocating it.
+
+    Training holds four float32 copies of the parameters: the weights, their gradient and Adam's two moments.
+    """
+    check_allocation(4 * 4 * float(budget), what)
 
 
 class _TrainState:

@@ -7,21 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import paraview_env
-
-
-def analytic_values(geometry) -> np.ndarray:
-    """A smooth field on ``geometry``'s points, ``(nz, ny, nx)``: easy to learn, not symmetric in any axis."""
-    from srn_core.geometry import axis_coordinates
-
-    x, y, z = (a.numpy() for a in axis_coordinates(geometry))
-    b = geometry.bounds
-    u, v, w = ((c - b[2 * i]) / (b[2 * i + 1] - b[2 * i]) * 2 - 1 for i, c in enumerate((x, y, z)))
-    zz, yy, xx = np.meshgrid(w, v, u, indexing="ij")
-    return (np.sin(2.5 * xx + 0.5) * np.cos(2.0 * yy) + 0.8 * zz * zz + 0.3 * xx * yy).astype(np.float32)
+from core_samples import analytic_values
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +30,8 @@ def trained_model(analytic_volume, tmp_path_factory):
     Training on the CPU is deterministic, so the file is kept between sessions (ctest runs each test file in
     its own session) under a name that changes with the core's source code.
     """
-    from srn_core.fields import field_for_budget
-    from srn_core.model import NeuralVolume
-    from srn_core.training import TrainConfig, train
+    from srn_core.loading import load_model
+    from srn_core.training import TrainConfig, fit
 
     config = TrainConfig(steps=150, batch_size=1024, seed=0, device="cpu")
     digest = hashlib.sha256(repr((config, analytic_volume.checksum())).encode())
@@ -52,13 +40,12 @@ def trained_model(analytic_volume, tmp_path_factory):
             digest.update(source.read_bytes())
     cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"density-{digest.hexdigest()[:16]}.srn"
     if not cache.is_file():
-        field = field_for_budget("apmgsrn", 20_000, analytic_volume.geometry.shape, analytic_volume.value_range)
-        result = train(analytic_volume, field, config)
+        result = fit(analytic_volume, "apmgsrn", 20_000, config)  # the seed alone fixes the initial weights
         cache.parent.mkdir(exist_ok=True)
         result.model.save(cache)
     path = tmp_path_factory.mktemp("model") / "density.srn"
     shutil.copyfile(cache, path)
-    return path, NeuralVolume.load(path)
+    return path, load_model(path)
 
 
 @pytest.fixture(scope="session")

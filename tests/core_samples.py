@@ -11,6 +11,17 @@ from srn_core.geometry import ImageGeometry
 from srn_core.model import NeuralVolume
 
 
+def analytic_values(geometry) -> np.ndarray:
+    """A smooth field on ``geometry``'s points, ``(nz, ny, nx)``: easy to learn, not symmetric in any axis."""
+    from srn_core.geometry import axis_coordinates
+
+    x, y, z = (a.numpy() for a in axis_coordinates(geometry))
+    b = geometry.bounds
+    u, v, w = ((c - b[2 * i]) / (b[2 * i + 1] - b[2 * i]) * 2 - 1 for i, c in enumerate((x, y, z)))
+    zz, yy, xx = np.meshgrid(w, v, u, indexing="ij")
+    return (np.sin(2.5 * xx + 0.5) * np.cos(2.0 * yy) + 0.8 * zz * zz + 0.3 * xx * yy).astype(np.float32)
+
+
 def analytic_volume(dims=(20, 16, 12), origin=(1.0, -2.0, 0.5), spacing=(0.5, 1.0, 2.0)) -> Volume:
     """A smooth field with an exact value at every point, on a non-cubic, non-unit image."""
     g = ImageGeometry(dims, origin, spacing)
@@ -27,3 +38,20 @@ def small_model(seed=0) -> NeuralVolume:
     with torch.no_grad():
         field.feature_grids.normal_(0, 1.0)
     return NeuralVolume(field.eval(), ImageGeometry((20, 16, 12), (1.0, -2.0, 0.5), (0.5, 1.0, 2.0)), "wave")
+
+
+def write_model_file(path, model: NeuralVolume | None = None, header_text: str | None = None, tensors=None,
+                     **meta) -> None:
+    """Write ``model`` (default :func:`small_model`) as our model file with metadata keys replaced by ``meta``
+    (the value ``...`` removes a key), tensors replaced or added by ``tensors``, or the metadata JSON replaced
+    whole by ``header_text``: the bad files of the bad-input catalogue."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = model or small_model()
+    state = {f"field.{k}": v.detach().clone() for k, v in model.field.state_dict().items()}
+    state.update(tensors or {})
+    header = {"format": "neural-volume", "format_version": 1, **model.metadata(), **meta}
+    header = {k: v for k, v in header.items() if v is not ...}
+    save_file(state, str(path), metadata={"neural_volume": json.dumps(header) if header_text is None else header_text})

@@ -4,8 +4,9 @@ ParaView's Python is Debian's interpreter with numpy 1.24; torch comes from the 
 that interpreter with system site packages), added through ``PYTHONPATH`` together with the repository root
 and ``paraview_plugin/pvfix`` (the ``sitecustomize`` shim ParaView 5.11 needs on Python 3.11).
 ``LD_PRELOAD`` of torch's ``libtorch_cpu.so`` stops ParaView's OpenBLAS from hijacking torch's matrix products
-(3-27x slower otherwise). Debian's ParaView renders only through X, so rendering runs under one ``Xvfb``
-started with ``-noreset`` (without it, about 1 run in 3 aborts with "bad X server connection").
+(3-27x slower otherwise), and ``OMP_WAIT_POLICY=PASSIVE`` keeps evaluation fast beside a busy process (20x slower
+otherwise). Debian's ParaView renders only through X, so rendering runs under one ``Xvfb`` started with
+``-noreset`` (without it, about 1 run in 3 aborts with "bad X server connection").
 
 Usable as a script too: ``python tests/paraview_env.py pvbatch examples/resample_to_vti.py ...`` runs a
 command in that environment (with a private Xvfb).
@@ -64,6 +65,9 @@ def environment(display: str | None = None, base: dict | None = None) -> dict:
             env["LD_PRELOAD"] = str(torch_cpu)
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    # ParaView starts OpenMP before Python runs, so only the launch environment can make its threads wait
+    # passively (docs/performance.md: 20x slower under CPU contention otherwise).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if display is not None:
         env["DISPLAY"] = display
     return env
@@ -76,7 +80,8 @@ def mpirun_command(n: int, program: str = "pvbatch", env: dict | None = None) ->
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     cmd += ["--oversubscribe"]
-    for var in ("PYTHONPATH", "LD_PRELOAD", "DISPLAY", "PYTHONDONTWRITEBYTECODE", "PV_PLUGIN_PATH"):
+    for var in ("PYTHONPATH", "LD_PRELOAD", "DISPLAY", "PYTHONDONTWRITEBYTECODE", "PV_PLUGIN_PATH",
+                "OMP_WAIT_POLICY"):
         if var in env:
             cmd += ["-x", var]
     return cmd + ["-np", str(n), find(program) or program]

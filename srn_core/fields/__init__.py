@@ -3,23 +3,12 @@
 from .base import Field, checked_budget, config_from_dict
 from .apmgsrn import APMGSRN, APMGSRNConfig
 from .ensemble import EnsembleField
+from .fvsrn import FVSRN
+from .ngp import NGP
+from .siren import SIREN
 
-FIELDS: dict[str, type[Field]] = {cls.architecture: cls for cls in (APMGSRN, EnsembleField)}
-
-
-def _register_optional():
-    # Each architecture lives in its own module; registering here keeps the lookup table in one place.
-    from .fvsrn import FVSRN
-    from .hashgrid import NGP
-    from .siren import SIREN
-    for cls in (FVSRN, NGP, SIREN):
-        FIELDS[cls.architecture] = cls
-
-
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover - only while an architecture module is being written
-    pass
+# Each architecture lives in its own module; this table is the one place that maps names to them.
+FIELDS: dict[str, type[Field]] = {cls.architecture: cls for cls in (APMGSRN, EnsembleField, FVSRN, NGP, SIREN)}
 
 
 def field_class(architecture: str) -> type[Field]:

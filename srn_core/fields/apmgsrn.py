@@ -20,6 +20,10 @@ from .grid_shape import fit_grid_shape
 from .mlp import MLP
 
 
+GRID_INITIALIZATIONS = ("default", "small", "large")
+"""The transform initialisations APMGSRN implements (``_initial_transforms``)."""
+
+
 @dataclass
 class APMGSRNConfig:
     n_grids: int = 16
@@ -33,11 +37,16 @@ class APMGSRNConfig:
     n_hidden_layers: int = 2
     """Hidden decoder layers (tiny-cuda-nn's ``n_hidden_layers``)."""
     input_padding: int = 0
-    """Extra decoder inputs fixed to 1.0 (tiny-cuda-nn pads its input to a multiple of 16 this way); 0 for our models."""
+    """Extra decoder inputs fixed to 1.0 (tiny-cuda-nn pads its input to a multiple of 16 this way); 0 for our models.
+    Their weights are trained like any other (the peer's code trains and stores them), so they count as parameters."""
+    use_bias: bool = False
+    """Decoder layers with biases (APMGSRN's ``use_bias`` option; its default and ours is bias-free)."""
     density_exponent: int = 20
     """Exponent 2p of the flat-top Gaussian feature density ``exp(-0.5 * sum(local**2p))`` (p = 10 in the paper)."""
     grid_initialization: str = "default"
-    """Transform initialisation: "default" (identity + N(0, 0.05) noise)."""
+    """Transform initialisation, as in the paper's code: "default" (identity + N(0, 0.05) noise: every grid covers
+    the volume), "small" (8 x identity + noise + a random shift within the grid's own reach: grids an eighth of
+    the volume wide, scattered) or "large" (0.8 x identity + noise: grids a little larger than the volume)."""
     transform_lr_scale: float = 0.025
     """Learning rate of the transforms relative to the grids and decoder. The paper's code sets 0.05 and then
     halves it within 5 steps (a LinearLR quirk), so 0.025 is the rate it actually trains with."""
@@ -45,6 +54,35 @@ class APMGSRNConfig:
     def __post_init__(self):
         require_at_least_one(self, ("n_grids", "n_features", "width", "n_hidden_layers"), "APMGSRN")
         self.grid_shape = checked_grid_shape(self.grid_shape, "APMGSRN")
+        if self.grid_initialization not in GRID_INITIALIZATIONS:
+            raise ValueError(f"APMGSRN grid_initialization must be one of {', '.join(map(repr, GRID_INITIALIZATIONS))},"
+                             f" got {self.grid_initialization!r}.")
+        if not isinstance(self.use_bias, bool):  # a JSON string "false" would otherwise read as true
+            raise ValueError(f"APMGSRN use_bias must be true or false, got {self.use_bias!r}.")
+
+
+def peer_grid_initialization(option) -> str:
+    """The initialisation an APMGSRN ``options.json`` value selects. The peer's code tests for the substrings
+    "default", "small", "large" in that order and treats anything else as "default"; its checkpoints store
+    the trained transforms, so this only records how the model started."""
+    text = str(option)
+    return next((name for name in GRID_INITIALIZATIONS if name in text), "default")
+
+
+def _initial_transforms(n_grids: int, kind: str) -> torch.Tensor:
+    """``(n_grids, 4, 4)`` homogeneous transforms for the initialisation ``kind`` (the paper code's three).
+
+    A grid spans local ``[-1, 1]^3``, so a transform scaled by ``s`` makes the grid ``1/s`` of the volume wide;
+    "small" then shifts each grid by up to its own scale, i.e. anywhere its centre stays inside the volume.
+    """
+    scale = {"default": 1.0, "small": 8.0, "large": 0.8}[kind]
+    transforms = torch.eye(4).repeat(n_grids, 1, 1) * scale
+    transforms[:, :3, :] += torch.randn(n_grids, 3, 4) * 0.05
+    if kind == "small":
+        diagonal = transforms[:, :3, :3].diagonal(dim1=1, dim2=2)
+        transforms[:, :3, 3] += (torch.rand(n_grids, 3) * 2 - 1) * diagonal
+    transforms[:, 3, :] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    return transforms
 
 
 class APMGSRN(Field):
@@ -54,11 +92,9 @@ class APMGSRN(Field):
     def __init__(self, config: APMGSRNConfig = APMGSRNConfig(), value_range=(0.0, 1.0)):
         super().__init__(config, value_range)
         c = config
-        transforms = torch.eye(4).repeat(c.n_grids, 1, 1)
-        transforms[:, :3, :] += torch.randn(c.n_grids, 3, 4) * 0.05
-        self.transforms = nn.Parameter(transforms)
+        self.transforms = nn.Parameter(_initial_transforms(c.n_grids, c.grid_initialization))
         self.feature_grids = nn.Parameter(torch.empty(c.n_grids, c.n_features, *c.grid_shape).uniform_(-1e-4, 1e-4))
-        self.decoder = MLP(c.n_grids * c.n_features + c.input_padding, 1, c.width, c.n_hidden_layers, bias=False)
+        self.decoder = MLP(c.n_grids * c.n_features + c.input_padding, 1, c.width, c.n_hidden_layers, bias=c.use_bias)
 
     # ---- encoding ------------------------------------------------------------------------------
     def local_coordinates(self, points: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 A field maps points ``(N, 3)`` float32 in the model cube ``[-1, 1]^3`` to values ``(N,)`` in data units.
 Internally a decoder learns values normalised to ``[0, 1]``; the stored ``value_range`` rescales them, so
 training works on normalised targets and every consumer (resampler, renderer, VTK source) sees data units.
+Those values are clamped to the value range unless ``clamp_output`` is off: the data never left it, so a
+decoder's overshoot (ringing around sharp edges, a background answering below the data's minimum) is error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ class Field(nn.Module):
     Config: ClassVar[type]
     default_lr: ClassVar[float] = 0.01
     """The Adam learning rate the architecture trains well with (grid models: the APMGSRN paper's 0.01)."""
+    clamp_output: bool = True
+    """Clamp :meth:`forward` to ``value_range``. Every true value lies in the range, so clamping can only bring a
+    prediction closer to it; turn it off to see the decoder's raw output. A run-time switch, not part of the
+    model file (set ``field.clamp_output``)."""
 
     def __init__(self, config, value_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
@@ -37,12 +43,13 @@ class Field(nn.Module):
         raise NotImplementedError
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        """Values ``(N,)`` in data units at points ``(N, 3)`` in the model cube ``[-1, 1]^3``."""
-        lo, hi = self.value_range[0], self.value_range[1]
-        return self.normalized(points).float() * (hi - lo) + lo
+        """Values ``(N,)`` in data units at points ``(N, 3)`` in the model cube ``[-1, 1]^3`` (clamped to
+        ``value_range`` while :attr:`clamp_output` is on). Training uses :meth:`normalized`, never this."""
+        return to_data_units(self.normalized(points), self.value_range, self.clamp_output)
 
     def num_parameters(self) -> int:
-        """Trainable values stored in the model (what a parameter budget counts)."""
+        """Trainable values stored in the model file (what a parameter budget counts): every ``nn.Parameter``,
+        so weights, biases, feature grids and transforms; never buffers such as ``value_range``."""
         return sum(p.numel() for p in self.parameters())
 
     # ---- training hooks (defaults suit a plain network; APMGSRN overrides them) ----------------
@@ -60,6 +67,13 @@ class Field(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.architecture}: {self.num_parameters():,} parameters, {self.config}"
+
+
+def to_data_units(normalized: torch.Tensor, value_range: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """Decoder output in ``[0, 1]`` scaled to ``value_range = (min, max)``, clamped to it when ``clamp``."""
+    lo, hi = value_range[0], value_range[1]
+    values = normalized.float() * (hi - lo) + lo
+    return values.clamp_(lo, hi) if clamp else values
 
 
 MIN_BUDGET = 1000

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field as dataclass_field
 import torch
 from torch import nn
 
-from .base import Field
+from .base import Field, to_data_units
 
 
 @dataclass
@@ -78,7 +78,8 @@ class EnsembleField(Field):
         return cell[:, 0] + cell[:, 1] * gx + cell[:, 2] * (gx * gy)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        """Values ``(N,)`` in data units; every brick rescales its own output with its own range."""
+        """Values ``(N,)`` in data units; every brick's output is rescaled (and, while the ensemble's
+        :attr:`clamp_output` is on, clamped) with that brick's own range."""
         index = self.brick_index(points)
         out = torch.zeros(points.shape[0], dtype=torch.float32, device=points.device)
         for k, brick in enumerate(self.bricks):
@@ -87,7 +88,7 @@ class EnsembleField(Field):
                 continue
             lo, hi = self.brick_min[k], self.brick_max[k]
             local = -1 + 2 * ((points[mask] - lo) / (hi - lo))
-            out[mask] = brick(local).float()
+            out[mask] = to_data_units(brick.normalized(local), brick.value_range, self.clamp_output)
         return out
 
     def normalized(self, points: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 INFERENCE_BLOCK_ROWS = 4096
-"""Rows per block when no gradient is needed. Narrow layers are memory bound: a block whose activations stay in
-the core's cache decodes 2.5-3.7x faster on CPU than one pass over a large batch (measured for 16-128 wide layers,
-262k points, 2 threads). At the default 65,536-point chunk the gain is small."""
+"""Rows per block when one thread evaluates without gradients. Narrow layers are memory bound: a block whose
+activations stay in the core's cache decodes 2.5-3.7x faster on CPU than one pass over a large batch (measured
+for 16-128 wide layers, 262k points, 2 threads). At the default 65,536-point chunk the gain is small.
+
+With several threads the rows are NOT blocked: every small matmul and ReLU opens an OpenMP parallel region, and
+libgomp's threads spin between regions. While one other process keeps a core busy, a spinning thread holds
+the CPU its partner needs, so each of the ~100 regions of a blocked chunk waits for a scheduler time slice: 20x
+slower (0.09 vs 2.1 M points/s for an APMGSRN). One matmul per layer and chunk opens 5; waiting threads that
+sleep (``OMP_WAIT_POLICY=PASSIVE``, set by :mod:`srn_core`) do the rest. See docs/performance.md."""
 
 
 class MLP(nn.Sequential):
@@ -33,9 +39,18 @@ class MLP(nn.Sequential):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.shape[0] <= INFERENCE_BLOCK_ROWS:
-            return super().forward(x)
-        # Evaluation: the same layers, one cache-sized block of rows at a time (rows are independent).
+        if self.uses_row_blocks(x.shape[0]):
+            return self.forward_blocked(x)
+        return super().forward(x)
+
+    @staticmethod
+    def uses_row_blocks(n_rows: int) -> bool:
+        """Whether :meth:`forward` evaluates ``n_rows`` in cache-sized row blocks: only without autograd (which
+        needs the whole batch) and on one thread (see :data:`INFERENCE_BLOCK_ROWS` for why not with several)."""
+        return not torch.is_grad_enabled() and n_rows > INFERENCE_BLOCK_ROWS and torch.get_num_threads() == 1
+
+    def forward_blocked(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layers applied to one cache-sized block of rows at a time (rows are independent); no autograd."""
         linears = self.linears
         out = x.new_empty(x.shape[0], linears[-1].out_features)
         for start in range(0, x.shape[0], INFERENCE_BLOCK_ROWS):

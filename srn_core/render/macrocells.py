@@ -48,19 +48,6 @@ class MacroCells:
         flat = table.max_opacity(self.vmin.reshape(-1), self.vmax.reshape(-1))
         return flat.reshape(self.shape).float()
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to keep beside a model in its file (``NeuralVolume.save(extra_tensors=...)``)."""
-        return {"macrocells.vmin": self.vmin.contiguous(), "macrocells.vmax": self.vmax.contiguous(),
-                "macrocells.info": torch.tensor([self.cell_size, *self.dims], dtype=torch.int64)}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "MacroCells | None":
-        if "macrocells.vmin" not in tensors:
-            return None
-        info = tensors["macrocells.info"].tolist()
-        return cls(tensors["macrocells.vmin"].float(), tensors["macrocells.vmax"].float(), int(info[0]),
-                   tuple(int(v) for v in info[1:4]))
-
 
 def cell_counts(dims, cell_size: int) -> tuple[int, int, int]:
     """Cells per axis ``(cx, cy, cz)`` covering ``dims`` points (each cell spans ``cell_size`` voxel gaps)."""
@@ -71,9 +58,9 @@ def build_macrocells(volume: RenderVolume, cell_size: int = DEFAULT_CELL_SIZE, m
                      chunk_size: int = DEFAULT_CHUNK_SIZE, stride: int | None = None) -> MacroCells:
     """Evaluate the field on a lattice of voxel points and keep each cell's min and max.
 
-    Raw grids (:func:`~.volume.grid_field`) are sampled at every voxel and their ranges are exact. Any other
-    field is sampled every ``stride`` voxels (default 2 for cells of 8 voxels or more: an eighth of the evaluations
-of the full grid; 1 for smaller cells, where a 2-voxel apron would cover too much), each
+    Raw grids (:attr:`~.volume.RenderVolume.is_raw_grid`) are sampled at every voxel and their ranges are exact.
+    Any other field is sampled every ``stride`` voxels (default 2 for cells of 8 voxels or more: an eighth of the
+    evaluations of the full grid; 1 for smaller cells, where a 2-voxel apron would cover too much), each
     cell also takes the samples one lattice step outside it (an apron covering what lies between samples), and
     every range is widened by ``margin`` (default :data:`DEFAULT_MARGIN`) of the overall value range.
     Memory stays at a few lattice planes.
@@ -83,7 +70,7 @@ of the full grid; 1 for smaller cells, where a 2-voxel apron would cover too muc
     if int(cell_size) != cell_size or cell_size < 1:
         raise ValueError(f"cell_size must be a positive integer of voxels, got {cell_size!r}.")
     chunk_size = check_chunk_size(chunk_size)
-    exact = getattr(volume.field, "volume", None) is not None
+    exact = volume.is_raw_grid
     if stride is None:
         stride = 2 if not exact and cell_size >= 8 and cell_size % 2 == 0 else 1
     if int(stride) != stride or stride < 1 or cell_size % stride:
@@ -145,7 +132,7 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def macrocells_for(volume: RenderVolume, cell_size: int = DEFAULT_CELL_SIZE, margin: float | None = None,
                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> MacroCells:
     """:func:`build_macrocells`, cached per field object and invalidated when its parameters change."""
-    key = (volume.dims, volume.bounds, int(cell_size), margin, _parameter_version(volume.field))
+    key = (volume.dims, volume.bounds, volume.is_raw_grid, int(cell_size), margin, _parameter_version(volume.field))
     try:
         per_field = _CACHE.setdefault(volume.field, {})
     except TypeError:  # a field that cannot be weakly referenced: build every time

@@ -1,37 +1,39 @@
-"""Ray marching a field: box clipping, sampling, front-to-back compositing, macro-cell skipping, wavefront batching.
+"""The ray marcher: box clipping, the sample lattice, wavefront batching; it wires skipping, shading, compositing.
 
 Conventions are VTK's, so images compare with ``vtkGPUVolumeRayCastMapper`` / ``vtkFixedPointVolumeRayCastMapper``:
 
 * samples lie at ``t_entry + k * dt`` along each ray from where it enters the volume's box (``dt`` in world
   units = ``step`` voxels of the smallest spacing), up to where it leaves it (or hits opaque geometry);
-* a sample's opacity is corrected for the step, ``1 - (1 - a) ** (dt / unit_distance)``, with VTK's scalar
-  opacity unit distance (default 1 world unit);
-* compositing is front to back with premultiplied colour: ``C += (1 - A) a c``, ``A += (1 - A) a``; a ray
-  stops once ``A`` reaches ``early_termination``.
+* a sample's opacity is corrected for the step (:func:`.compositing.opacity_correction`) with VTK's scalar
+  opacity unit distance, and samples composite front to back (:mod:`.compositing`); a ray stops once its
+  opacity reaches ``early_termination``;
+* transparent macro-cells are leapt over (:mod:`.skipping`), lit samples are shaded (:mod:`.shading`).
 
 Work is organised as a *wavefront*: all live rays advance together by ``segment`` samples per iteration, the
-samples of all of them are evaluated in one (chunked) field call, finished rays are compacted away. With
-macro-cells, a ray whose next sample lies in a cell that the transfer function makes fully transparent leaps
-to the first lattice sample past the block of transparent cells around it (a 3-D DDA over a distance map),
-and samples in such cells are never evaluated; the lattice is the same as without skipping, so the image only
-changes where a cell's range was not conservative. ``adaptive_step`` additionally stretches the step in faint
-cells (Instant-VNR's rule).
+samples of all of them are evaluated in one (chunked) field call, finished rays are compacted away.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..evaluate import DEFAULT_CHUNK_SIZE, check_chunk_size, evaluate
 from .camera import Camera, check_size
-from .macrocells import DEFAULT_CELL_SIZE, MacroCells, cell_counts, macrocells_for
+from .compositing import composite_front_to_back, opacity_correction, over, premultiply
+from .macrocells import DEFAULT_CELL_SIZE, MacroCells, macrocells_for
+from .shading import central_differences, gradient_probes, headlight_phong, unit_normals
+from .skipping import CellSkipper, ray_box
 from .transfer_function import TransferFunction, TransferTable
 from .volume import RenderVolume, as_render_volume
+
+MAX_SAMPLES_PER_RAY = 100_000
+"""Default cap on the samples one ray may take (a 57,000-voxel diagonal at one sample per voxel). Beyond it a
+render would run for hours, and the float32 lattice index would no longer count samples exactly."""
 
 
 @dataclass
@@ -60,6 +62,8 @@ class RenderSettings:
     """Samples in flight per wavefront (bounds the renderer's memory: rays per batch = max_samples / segment).
     A few MB per block keeps the bookkeeping in cache; larger blocks were slower here, smaller ones pay per-call
     overhead."""
+    max_samples_per_ray: int = MAX_SAMPLES_PER_RAY
+    """Refuse a ``step`` that would let one ray through the volume's box take more samples than this."""
     table_size: int = 4096
     """Entries of the transfer-function lookup table."""
     shade: bool = False
@@ -73,11 +77,39 @@ class RenderSettings:
         checks = {"step": self.step > 0, "opacity_unit_distance": self.opacity_unit_distance > 0,
                   "early_termination": 0 < self.early_termination <= 1, "segment": int(self.segment) >= 1,
                   "cell_size": int(self.cell_size) >= 1, "max_samples": int(self.max_samples) >= 1,
-                  "table_size": int(self.table_size) >= 2}
+                  "max_samples_per_ray": int(self.max_samples_per_ray) >= 1, "table_size": int(self.table_size) >= 2}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"render setting {name} is out of range: {getattr(self, name)!r}.")
         check_chunk_size(self.chunk_size)
+
+    def check_samples_per_ray(self, volume: RenderVolume, name: str = "step") -> int:
+        """The most samples a ray can take through ``volume``'s box at this step; one ``ValueError`` naming the
+        step (as ``name``: the caller's own option) when that is more than :attr:`max_samples_per_ray`."""
+        needed = samples_per_ray(volume, self.step)
+        cap = int(self.max_samples_per_ray)
+        if needed > cap:
+            diagonal = _diagonal(volume) / min(volume.spacing)  # in voxels
+            least = _round_up(diagonal / (cap - 1) if cap > 1 else diagonal * 2)
+            raise ValueError(f"{name} {float(self.step)!r} voxels needs up to {needed:,} samples per ray through this "
+                             f"volume, more than the cap of {cap:,}; use a step of at least {least:.3g} voxels.")
+        return needed
+
+
+def samples_per_ray(volume: RenderVolume, step: float) -> int:
+    """Most lattice samples a ray can take through ``volume``'s box at ``step`` voxels: along its diagonal."""
+    return math.floor(_diagonal(volume) / (float(step) * min(volume.spacing))) + 1
+
+
+def _diagonal(volume: RenderVolume) -> float:
+    b = volume.bounds
+    return math.sqrt(sum((b[2 * a + 1] - b[2 * a]) ** 2 for a in range(3)))
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to three significant digits (a suggested step that is surely enough)."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return math.ceil(x / unit * (1 - 1e-12)) * unit
 
 
 @dataclass
@@ -98,8 +130,6 @@ class RenderStats:
     """Time inside the field callable."""
     macrocell_seconds: float = 0.0
     """Time building macro-cells in this call (0 when they were cached)."""
-    extra: dict = dataclass_field(default_factory=dict)
-    """Room for callers' own figures (benchmarks)."""
 
     def add(self, other: "RenderStats") -> None:
         for name in ("rays", "rays_hit", "samples", "samples_skipped", "iterations", "seconds", "field_seconds",
@@ -114,16 +144,20 @@ class RenderResult:
     stats: RenderStats
 
 
+Progress = Callable[[int], object]
+"""Called with the number of rays finished since the last call (``tqdm.update`` fits)."""
+
+
 class Renderer:
     """Renders one volume; keeps its macro-cells and the per-transfer-function tables between frames."""
 
     def __init__(self, volume, settings: RenderSettings | None = None, macrocells: MacroCells | None = None):
         self.volume: RenderVolume = as_render_volume(volume)
         self.settings = settings or RenderSettings()
+        self.settings.check_samples_per_ray(self.volume)
         self._cells = macrocells
         self._table_key = None
         self._table: TransferTable | None = None
-        self._cell_opacity: torch.Tensor | None = None
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -154,11 +188,12 @@ class Renderer:
 
     # ---- rendering -----------------------------------------------------------------------------
     def render(self, camera: Camera, tf, width: int, height: int, depth: torch.Tensor | None = None,
-               pixels: torch.Tensor | None = None) -> RenderResult:
+               pixels: torch.Tensor | None = None, progress: Progress | None = None) -> RenderResult:
         """An image ``(height, width, 4)`` (premultiplied RGBA, transparent background).
 
         ``depth`` (``(height, width)`` world distances along each pixel's ray, ``inf`` for none) stops rays at
         opaque geometry. ``pixels`` (flat indices) renders only those pixels; the others stay transparent.
+        ``progress`` is called with the number of rays done after each batch.
         """
         width, height = check_size(width, height)
         start = time.perf_counter()
@@ -171,33 +206,39 @@ class Renderer:
             if tuple(depth.shape) != (height, width):
                 raise ValueError(f"depth must be shaped (height, width) = {(height, width)}, got {tuple(depth.shape)}.")
             t_max = depth.reshape(-1)[pixels]
-        rgba, stats = self.render_rays(origins, dirs, tf, t_max)
+        rgba, stats = self.render_rays(origins, dirs, tf, t_max, progress)
         image = torch.zeros(height * width, 4)
         image[pixels] = rgba
         stats.seconds = time.perf_counter() - start
         return RenderResult(image.reshape(height, width, 4), stats)
 
-    def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, tf,
-                    t_max: torch.Tensor | None = None) -> tuple[torch.Tensor, RenderStats]:
+    def render_rays(self, origins: torch.Tensor, dirs: torch.Tensor, tf, t_max: torch.Tensor | None = None,
+                    progress: Progress | None = None) -> tuple[torch.Tensor, RenderStats]:
         """Premultiplied RGBA ``(N, 4)`` of world rays (unit ``dirs``), each stopped at ``t_max`` if given."""
         s = self.settings
+        s.check_samples_per_ray(self.volume)  # settings can change between frames (the VTK mapper's setters)
         stats = RenderStats(rays=int(origins.shape[0]))
         table = self.table(tf)
         out = torch.zeros(origins.shape[0], 4)
         if origins.shape[0] == 0 or table.is_empty:
+            if progress is not None:
+                progress(int(origins.shape[0]))
             return out, stats
-        cell_opacity = None
+        skipper = None
         if s.macrocells or s.adaptive_step:
             cells, built = self.macrocells()
             stats.macrocell_seconds = built
-            cell_opacity = cells.max_opacity(table)
-        march = _March(self.volume, table, s, self.dt, cell_opacity)
+            skipper = CellSkipper(cells.max_opacity(table), _cell_extent(self.volume, s.cell_size), self.dt,
+                                  s.adaptive_step)
+        march = _March(self.volume, table, s, self.dt, skipper)
         per_batch = max(1, int(s.max_samples) // int(s.segment))
         with torch.inference_mode():
             for start in range(0, origins.shape[0], per_batch):
                 stop = min(start + per_batch, origins.shape[0])
                 tm = None if t_max is None else t_max[start:stop]
                 out[start:stop] = march.run(origins[start:stop], dirs[start:stop], tm, stats)
+                if progress is not None:
+                    progress(stop - start)
         return out, stats
 
 
@@ -207,6 +248,11 @@ def render(volume, camera: Camera, tf, width: int, height: int, settings: Render
     return Renderer(volume, settings).render(camera, tf, width, height, depth)
 
 
+def _cell_extent(volume: RenderVolume, cell_size: int) -> torch.Tensor:
+    """The volume's far corner in cell coordinates (x, y, z)."""
+    return ((torch.tensor(volume.dims, dtype=torch.float64) - 1) / cell_size).float()
+
+
 # =================================================================================================
 # The wavefront march
 # =================================================================================================
@@ -214,13 +260,13 @@ class _March:
     """One render's constants (coordinate maps, tables, cells) and the wavefront loop.
 
     Rays are kept in *cell coordinates* (one unit per macro-cell edge, the volume spanning ``[0, (dims-1)/C]``),
-    where the DDA needs them; model-cube points are made only for the samples that are evaluated. Ray state is
-    float32 (a few hundred samples per ray leave it far more precise than a voxel) and is compacted with index
-    gathers, because on a CPU the bookkeeping of a million-sample wavefront costs as much as a fast field.
+    where the skipping DDA needs them; model-cube points are made only for the samples that are evaluated. Ray
+    state is float32 (a few hundred samples per ray leave it far more precise than a voxel) and is compacted with
+    index gathers, because on a CPU the bookkeeping of a million-sample wavefront costs as much as a fast field.
     """
 
     def __init__(self, volume: RenderVolume, table: TransferTable, settings: RenderSettings, dt: float,
-                 cell_opacity: torch.Tensor | None):
+                 skipper: CellSkipper | None):
         self.volume, self.table, self.s, self.dt = volume, table, settings, dt
         self.field_seconds = 0.0
         b = torch.tensor(volume.bounds, dtype=torch.float64).reshape(3, 2)
@@ -229,43 +275,20 @@ class _March:
         # world -> cell coordinates: (x - lo) / spacing / C ; cell -> model cube: c * 2C / (dims - 1) - 1
         self.world_to_cell = ((self.dims - 1) / (b[:, 1] - b[:, 0]) / settings.cell_size)
         self.cell_to_model = (2.0 * settings.cell_size / (self.dims - 1)).float()
-        self.extent = ((self.dims - 1) / settings.cell_size).float()  # the volume's far corner in cell coordinates
-        self.cells_xyz = torch.tensor(cell_counts(volume.dims, settings.cell_size), dtype=torch.int64)
-        self.cell_max = (self.cells_xyz - 1).float()
-        self.strides = torch.tensor([1.0, float(self.cells_xyz[0]), float(self.cells_xyz[0] * self.cells_xyz[1])])
-        self.cell_opacity = cell_opacity
-        if cell_opacity is not None:
-            self.cell_flat = cell_opacity.reshape(-1).contiguous()
-            self.occupied_flat = self.cell_flat > 0
-            self.distance_flat = empty_distance(cell_opacity > 0).reshape(-1).contiguous()
+        self.extent = _cell_extent(volume, settings.cell_size)
+        self.skipper = skipper
         # Per-sample occupancy tests pay off only when a field evaluation costs more than the test (not for grids).
-        self.sample_mask = cell_opacity is not None and getattr(volume.field, "volume", None) is None
+        self.sample_mask = skipper is not None and not volume.is_raw_grid
         # Step-corrected, premultiplied table for the fixed step: one gather gives a sample's contribution.
-        rgba = table.rgba
-        self.log_transparency = torch.log1p(-rgba[:, 3].clamp(max=1 - 1e-7))
-        alpha = -torch.expm1(self.log_transparency * (dt / settings.opacity_unit_distance))
-        self.fixed_table = torch.cat([rgba[:, :3] * alpha[:, None], alpha[:, None]], dim=1).contiguous()
+        self.fixed_table = premultiply(table.rgba[:, :3], opacity_correction(table.rgba[:, 3],
+                                                                             dt / settings.opacity_unit_distance))
+        self.fixed_table = self.fixed_table.contiguous()
 
-    # ---- geometry ------------------------------------------------------------------------------
-    @staticmethod
-    def _box(co, cd, lo, hi):
-        """Entry and exit parameters of rays ``co + t cd`` through the axis-aligned boxes [lo, hi]."""
-        safe = torch.where(cd.abs() < 1e-30, torch.full_like(cd, 1e-30), cd)
-        t1 = (lo - co) / safe
-        t2 = (hi - co) / safe
-        return torch.minimum(t1, t2).amax(dim=-1), torch.maximum(t1, t2).amin(dim=-1)
-
-    def _cells(self, cpos):
-        """Per-axis cell coordinates (float, clamped to the grid) and flat int64 cell index of cell-space points."""
-        c = torch.clamp(cpos.floor(), min=torch.zeros(3), max=self.cell_max)
-        return c, (c @ self.strides).long()
-
-    def _block_exit(self, co, cd, c, radius):
-        """Exit parameter from the block of cells within ``radius - 1`` (Chebyshev) of cells ``c``."""
-        r = (radius - 1).clamp(min=0)[:, None].float()
-        lo = (c - r).clamp(min=0.0)
-        hi = torch.minimum(c + r + 1.0, self.extent)
-        return self._box(co, cd, lo, hi)[1]
+    def _evaluate(self, points: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        values = evaluate(self.volume.field, points, chunk_size)
+        self.field_seconds += time.perf_counter() - t0
+        return values
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, origins, dirs, t_max, stats: RenderStats) -> torch.Tensor:
@@ -273,7 +296,7 @@ class _March:
         out = torch.zeros(origins.shape[0], 4)
         co = ((origins.double() - self.lo) * self.world_to_cell).float()
         cd = (dirs.double() * self.world_to_cell).float()
-        t_in, t_out = self._box(co, cd, torch.zeros(3), self.extent)
+        t_in, t_out = ray_box(co, cd, torch.zeros(3), self.extent)
         t_in = t_in.clamp(min=0.0)  # a camera inside the box starts at the eye
         if t_max is not None:
             t_out = torch.minimum(t_out, t_max.float())
@@ -290,10 +313,11 @@ class _March:
         total_lattice = float(((st.t_end - st.base) / dt).floor().add(1).sum())
         evaluated = 0
         seg = torch.arange(s.segment, dtype=torch.float32)
+        adaptive = s.adaptive_step and self.skipper is not None
         while st.ray.numel():
             stats.iterations += 1
-            if self.cell_opacity is not None:
-                self._skip(st)
+            if self.skipper is not None:
+                self.skipper.skip(st)
                 ahead = torch.addcmul(st.base, st.k, st.step) <= st.t_end
                 if not bool(ahead.all()):
                     gone = torch.nonzero(~ahead).reshape(-1)
@@ -305,16 +329,13 @@ class _March:
             t = torch.addcmul(st.base[:, None], st.k[:, None] + seg, st.step[:, None])
             valid = t <= st.t_end[:, None]
             if self.sample_mask:
-                cpos = torch.addcmul(st.co[:, None, :], t[..., None], st.cd[:, None, :])
-                valid &= self.occupied_flat[self._cells(cpos)[1]]
-                if s.adaptive_step:  # the stretched step was chosen for the current cell alone
-                    valid &= (t < st.exit[:, None]) | (seg == 0)
-            elif s.adaptive_step and self.cell_opacity is not None:
+                valid &= self.skipper.occupied(torch.addcmul(st.co[:, None, :], t[..., None], st.cd[:, None, :]))
+            if adaptive:  # the stretched step was chosen for the current cell alone
                 valid &= (t < st.exit[:, None]) | (seg == 0)
             contrib, n_eval = self._contributions(t, valid, st)
             evaluated += n_eval
-            st.acc = _composite(st.acc, contrib)
-            if s.adaptive_step and self.cell_opacity is not None:
+            st.acc = over(st.acc, *composite_front_to_back(contrib[..., :3], contrib[..., 3]))
+            if adaptive:
                 st.k = st.k + torch.clamp(((st.exit - st.base) / st.step - st.k).ceil(), min=1, max=s.segment)
             else:
                 st.k = st.k + s.segment
@@ -328,39 +349,7 @@ class _March:
         stats.field_seconds = self.field_seconds
         return out
 
-    def _skip(self, st: "_Rays") -> None:
-        """Move every ray whose next sample lies in a transparent cell to the first lattice sample past the block
-        of transparent cells around it (a 3-D DDA that leaps by the cells' distance to the nearest visible cell).
-        With adaptive steps, also give each ray the step of the visible cell it is in.
-        """
-        s = self.s
-        todo = None  # all rays
-        for _ in range(int(self.cells_xyz.sum()) + 4):  # each leap crosses at least one cell
-            sub = st if todo is None else st.select(todo, ("co", "cd", "base", "k", "step", "t_end"))
-            t = torch.addcmul(sub.base, sub.k, sub.step)
-            c, idx = self._cells(torch.addcmul(sub.co, t[:, None], sub.cd))
-            dist = self.distance_flat[idx]
-            inside = t <= sub.t_end
-            empty = (dist > 0) & inside
-            if s.adaptive_step:
-                occ = torch.nonzero(~empty & inside).reshape(-1)
-                if occ.numel():
-                    o = occ if todo is None else todo[occ]
-                    op = self.cell_flat[idx[occ]].clamp(0.1, 1.0)
-                    st.base[o], st.k[o] = t[occ], 0.0
-                    st.step[o] = self.dt * (1.0 + 15.0 * (1.0 - op) ** 2)
-                    st.exit[o] = self._block_exit(sub.co[occ], sub.cd[occ], c[occ], torch.ones_like(occ))
-            e_local = torch.nonzero(empty).reshape(-1)
-            if not e_local.numel():
-                break
-            e = e_local if todo is None else todo[e_local]
-            t_exit = self._block_exit(sub.co[e_local], sub.cd[e_local], c[e_local], dist[e_local])
-            if s.adaptive_step:
-                st.base[e], st.k[e], st.step[e] = t_exit + 1e-4 * self.dt, 0.0, self.dt  # no lattice to keep
-            else:
-                st.k[e] = torch.maximum(st.k[e] + 1, ((t_exit - st.base[e]) / st.step[e]).ceil())
-            todo = e
-
+    # ---- samples -------------------------------------------------------------------------------
     def _contributions(self, t, valid, st: "_Rays"):
         """Premultiplied contributions ``(rays, segment, 4)`` of the valid samples; the rest contribute nothing.
 
@@ -379,10 +368,7 @@ class _March:
         ts = t.reshape(-1).index_select(0, sel)
         cpos = torch.addcmul(st.co.index_select(0, rows), ts[:, None], st.cd.index_select(0, rows))
         pts = cpos.mul_(self.cell_to_model).sub_(1.0).clamp_(-1.0, 1.0)  # model cube
-        t0 = time.perf_counter()
-        values = evaluate(self.volume.field, pts, s.chunk_size)
-        self.field_seconds += time.perf_counter() - t0
-        idx = self.table.indices(values)
+        idx = self.table.indices(self._evaluate(pts, s.chunk_size))
         ray_step = st.step.index_select(0, rows)
         length = torch.minimum(ray_step, st.t_end.index_select(0, rows) - ts)
         if s.adaptive_step:
@@ -393,9 +379,7 @@ class _March:
             if cut.numel():
                 c[cut] = self._corrected(idx[cut], length[cut])
         if s.shade:
-            world_dir = (st.cd.double() / self.world_to_cell).float()
-            world_dir = world_dir / world_dir.norm(dim=1, keepdim=True)
-            c = self._phong(pts, c, world_dir.index_select(0, rows))
+            c = self._shade(pts, c, st.cd.index_select(0, rows))
         contrib.index_copy_(0, sel, c)
         return contrib.reshape(*valid.shape, 4), int(sel.numel())
 
@@ -404,10 +388,7 @@ class _March:
         gathering the valid samples and scattering them back."""
         cpos = torch.addcmul(st.co[:, None, :], t[..., None], st.cd[:, None, :])
         pts = cpos.mul_(self.cell_to_model).sub_(1.0).clamp_(-1.0, 1.0).reshape(-1, 3)
-        t0 = time.perf_counter()
-        values = evaluate(self.volume.field, pts, max(self.s.chunk_size, pts.shape[0]))
-        self.field_seconds += time.perf_counter() - t0
-        idx = self.table.indices(values)
+        idx = self.table.indices(self._evaluate(pts, max(self.s.chunk_size, pts.shape[0])))
         contrib = self.fixed_table.index_select(0, idx).reshape(*valid.shape, 4)
         # the last sample of a ray stands for the part of its interval before the ray's end
         length = st.t_end[:, None] - t
@@ -420,50 +401,21 @@ class _March:
 
     def _corrected(self, idx, length):
         """Premultiplied colour of table entries ``idx`` for samples standing for ``length`` world units each."""
-        alpha = -torch.expm1(self.log_transparency[idx] * (length.clamp(min=0) / self.s.opacity_unit_distance))
-        return torch.cat([self.table.rgba[idx, :3] * alpha[:, None], alpha[:, None]], dim=1)
+        rgba = self.table.rgba
+        alpha = opacity_correction(rgba[idx, 3], length.clamp(min=0) / self.s.opacity_unit_distance)
+        return premultiply(rgba[idx, :3], alpha)
 
-    def _phong(self, pts, c, ray_dir):
-        """Headlight Phong shading with central-difference gradients (one voxel apart)."""
+    def _shade(self, pts, c, cell_dirs):
+        """Headlight Phong of samples at model points ``pts`` with premultiplied colours ``c``; ``cell_dirs`` are
+        their rays' directions in cell coordinates."""
         s = self.s
         h = (2.0 / (self.dims - 1)).float()  # one voxel in model units, per axis
-        offsets = torch.diag(h)
-        probes = torch.cat([pts + offsets[a] for a in range(3)] + [pts - offsets[a] for a in range(3)])
-        t0 = time.perf_counter()
-        v = evaluate(self.volume.field, probes.clamp(-1.0, 1.0), s.chunk_size).reshape(6, -1)
-        self.field_seconds += time.perf_counter() - t0
+        values = self._evaluate(gradient_probes(pts, h), s.chunk_size)
         spacing = torch.tensor(self.volume.spacing, dtype=torch.float32)  # one voxel in world units
-        grad = ((v[:3] - v[3:]) / (2 * spacing[:, None])).t()
-        norm = grad.norm(dim=1, keepdim=True)
-        normal = torch.where(norm > 1e-12, grad / norm.clamp(min=1e-30), torch.zeros_like(grad))
-        # Headlight (light along the view ray, so the half vector is the light itself); two-sided lighting.
-        ndotl = (normal * ray_dir).sum(dim=1).abs()
-        spec = ndotl.pow(s.specular_power)
-        alpha = c[:, 3:4]
-        rgb = torch.where(alpha > 0, c[:, :3] / alpha.clamp(min=1e-30), torch.zeros_like(c[:, :3]))
-        lit = rgb * (s.ambient + s.diffuse * ndotl[:, None]) + s.specular * spec[:, None]
-        return torch.cat([lit.clamp(0, 1) * alpha, alpha], dim=1)
-
-
-def empty_distance(occupied: torch.Tensor) -> torch.Tensor:
-    """Chebyshev distance (in cells) from every cell to the nearest occupied one; 0 on occupied cells.
-
-    A ray in a cell at distance ``d`` can leap to the far side of the ``(2d - 1)^3`` block centred on its cell:
-    every cell of that block is transparent.
-    """
-    occ = occupied.float()[None, None]
-    dist = torch.zeros(occupied.shape, dtype=torch.int64)
-    reach = occ
-    limit = max(occupied.shape) + 1
-    dist[~occupied] = limit  # nothing visible anywhere: leap out of the volume
-    for r in range(1, limit):
-        if bool(reach.all()):
-            break
-        grown = F.max_pool3d(reach, kernel_size=3, stride=1, padding=1)
-        newly = (grown > 0) & ~(reach > 0)
-        dist[newly[0, 0]] = r
-        reach = grown
-    return dist
+        normal = unit_normals(central_differences(values, spacing))
+        world_dir = (cell_dirs.double() / self.world_to_cell).float()
+        world_dir = world_dir / world_dir.norm(dim=1, keepdim=True)
+        return headlight_phong(c, normal, world_dir, s.ambient, s.diffuse, s.specular, s.specular_power)
 
 
 class _Rays:
@@ -477,14 +429,3 @@ class _Rays:
 
     def select(self, index: torch.Tensor, fields=FIELDS) -> "_Rays":
         return _Rays(**{name: getattr(self, name).index_select(0, index) for name in fields})
-
-
-def _composite(acc: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:
-    """Front-to-back: add a ``(rays, segment, 4)`` block of premultiplied samples behind ``acc`` ``(rays, 4)``."""
-    alpha = contrib[..., 3]
-    trans = torch.cumprod(1.0 - alpha, dim=1)
-    before = torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], dim=1)  # transparency in front of each
-    seg_rgb = (contrib[..., :3] * before[..., None]).sum(dim=1)
-    seg_alpha = 1.0 - trans[:, -1]
-    remaining = 1.0 - acc[:, 3:4]
-    return torch.cat([acc[:, :3] + remaining * seg_rgb, acc[:, 3:4] + remaining * seg_alpha[:, None]], dim=1)

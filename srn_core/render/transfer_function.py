@@ -153,27 +153,31 @@ class TransferFunction:
         With ``value_range`` the preset's points are rescaled from their own span onto it (what ParaView does
         when it applies a preset to an array); otherwise they are taken as data values. A preset without
         ``Points`` gets a linear opacity ramp from 0 to 1 over the colour span (the APMGSRN convention).
+        Every error names where the preset came from (the file, or the preset's name) and the offending key.
         """
         if isinstance(preset, (str, os.PathLike)):
-            preset = find_preset(preset)
+            preset, source = _find_preset(preset)
+        else:
+            source = f"preset {str(preset.get('Name', '')) if isinstance(preset, dict) else ''!r}"
         if not isinstance(preset, dict):
             raise ValueError(f"a preset must be a JSON object, got {type(preset).__name__}.")
         name = str(preset.get("Name", ""))
         if "RGBPoints" not in preset:
             kind = "an indexed (categorical) preset" if "IndexedColors" in preset else "a preset without RGBPoints"
-            raise ValueError(f"preset {name!r} is {kind}; volume rendering needs RGBPoints.")
-        rgb = np.asarray(preset["RGBPoints"], dtype=np.float64)
-        if rgb.size < 4 or rgb.size % 4:
-            raise ValueError(f"preset {name!r} RGBPoints must hold x, r, g, b quadruples, got {rgb.size} numbers.")
-        rgb = rgb.reshape(-1, 4)
+            raise ValueError(f"{source} is {kind}; volume rendering needs RGBPoints.")
+        rgb = _preset_points(preset, "RGBPoints", "x, r, g, b", source)
+        _check_points(rgb, 4, f"{source}: RGBPoints", (1, 2, 3))
         if "Points" in preset:
-            op = np.asarray(preset["Points"], dtype=np.float64)
-            if op.size < 4 or op.size % 4:
-                raise ValueError(f"preset {name!r} Points must hold x, alpha, midpoint, sharpness quadruples, "
-                                 f"got {op.size} numbers.")
-            op = op.reshape(-1, 4)
+            op = _preset_points(preset, "Points", "x, alpha, midpoint, sharpness", source)
+            _check_points(op, 4, f"{source}: Points", (1,))
+            if not ((op[:, 2] > 0) & (op[:, 2] < 1)).all():
+                raise ValueError(f"{source}: Points midpoints (every third number of x, alpha, midpoint, sharpness) "
+                                 f"must lie strictly between 0 and 1, got {op[:, 2].tolist()}.")
         else:
             op = np.array([[rgb[0, 0], 0.0, 0.5, 0.0], [rgb[-1, 0], 1.0, 0.5, 0.0]])
+        space = preset.get("ColorSpace", "RGB")
+        if not isinstance(space, str) or space.upper() not in COLOR_SPACES:
+            raise ValueError(f"{source}: ColorSpace must be one of RGB, Lab, Diverging, HSV, Step; got {space!r}.")
         if value_range is not None:
             lo, hi = (float(v) for v in value_range)
             if not (math.isfinite(lo) and math.isfinite(hi) and hi >= lo):
@@ -184,7 +188,10 @@ class TransferFunction:
             op = op.copy()
             rgb[:, 0] = lo + (rgb[:, 0] - src_lo) / span * (hi - lo)
             op[:, 0] = lo + (op[:, 0] - src_lo) / span * (hi - lo)
-        return cls(rgb, op, preset.get("ColorSpace", "RGB"), name)
+        try:
+            return cls(rgb, op, space, name)
+        except ValueError as exc:  # what is left (midpoints, points that overflow when rescaled)
+            raise ValueError(f"{source}: {exc}") from None
 
     def to_preset(self) -> dict:
         """This function as a ParaView preset object (absolute values)."""
@@ -217,6 +224,31 @@ class TransferFunction:
 
 
 _PRESET_SPACE_NAMES = {"RGB": "RGB", "LAB": "Lab", "DIVERGING": "Diverging", "HSV": "HSV", "STEP": "Step"}
+
+
+_JSON_TYPES = {dict: "object", str: "string", bool: "boolean", type(None): "null", int: "number", float: "number",
+               list: "array"}
+
+
+def _json_type(value) -> str:
+    return "JSON " + _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _preset_points(preset: dict, key: str, row: str, source: str) -> np.ndarray:
+    """``preset[key]``, a flat list of numbers ``row, row, ...``, as float64 rows of 4; one clear error otherwise."""
+    value = preset[key]
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+        value = value.reshape(-1).tolist()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{source}: {key} must be a flat list of numbers ({row}, ...), got a {_json_type(value)}.")
+    for i, v in enumerate(value):
+        # bool is an int in Python, but true/false in a preset is a mistake, not a 1 or a 0
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{source}: {key} must be a flat list of numbers ({row}, ...); the value at position "
+                             f"{i} is a {_json_type(v)}.")
+    if len(value) < 4 or len(value) % 4:
+        raise ValueError(f"{source}: {key} must hold {row} quadruples, got {len(value)} numbers.")
+    return np.asarray(value, dtype=np.float64).reshape(-1, 4)
 
 
 def _check_points(points, width: int, name: str, unit_columns) -> np.ndarray:
@@ -406,20 +438,27 @@ def find_preset(name_or_path: str | os.PathLike) -> dict:
     ``Cool to Warm``). ParaView's own ~200 presets are compiled into its libraries, not installed as files:
     export one from ParaView's *Choose Preset* dialog and pass the file.
     """
+    return _find_preset(name_or_path)[0]
+
+
+def _find_preset(name_or_path: str | os.PathLike) -> tuple[dict, str]:
+    """:func:`find_preset`, and where the preset came from (for error messages)."""
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix.lower() == ".json" or path.is_file():
-        if not path.is_file():
+    if path.suffix.lower() == ".json" or path.exists():
+        if not path.exists():
             raise FileNotFoundError(f"transfer function file {text!r} does not exist.")
+        if not path.is_file():
+            raise ValueError(f"transfer function file {text!r} is not a file.")
         presets = _read_preset_file(path)
         if not presets:
             raise ValueError(f"transfer function file {text!r} holds no preset.")
-        return presets[0]
+        return presets[0], f"transfer function file {text!r}"
     key = _name_key(text)
     for file in sorted(PRESET_DIR.glob("*.json")):
         for preset in _read_preset_file(file):
             if _name_key(preset.get("Name", file.stem)) == key or _name_key(file.stem) == key:
-                return preset
+                return preset, f"preset {str(preset.get('Name', file.stem))!r}"
     raise ValueError(f"unknown preset {text!r}; shipped presets are {preset_names()} (or pass a preset .json file).")
 
 
@@ -429,10 +468,14 @@ def _name_key(name: str) -> str:
 
 def _read_preset_file(path: Path) -> list[dict]:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"transfer function file {str(path)!r} is not UTF-8 text (a preset is JSON).") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"transfer function file {str(path)!r} is not valid JSON ({exc.msg}, line {exc.lineno}).") \
             from None
+    except RecursionError:
+        raise ValueError(f"transfer function file {str(path)!r} is nested too deeply to be a preset.") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):

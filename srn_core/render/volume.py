@@ -33,6 +33,10 @@ class RenderVolume:
     and the macro-cell grid."""
     value_range: tuple[float, float] | None = None
     """Data range ``(min, max)``: where a preset's relative points are placed when none is given."""
+    is_raw_grid: bool = False
+    """True for the trilinear interpolant of raw data (:meth:`from_grid`): its macro-cell ranges are exact (taken
+    at every voxel, no margin), and a lookup is so cheap that the renderer evaluates whole sample blocks instead
+    of testing each sample's cell first. Any other field is bounded only where it was sampled."""
 
     def __post_init__(self):
         b = check_bounds(self.bounds)
@@ -68,14 +72,15 @@ class RenderVolume:
             raise ValueError(f"grid shape {tuple(values.shape)} (nz, ny, nx) does not match geometry dims {geometry.dims}.")
         finite = values[torch.isfinite(values)]
         vrange = (float(finite.min()), float(finite.max())) if finite.numel() else None
-        return cls(grid_field(values), geometry.bounds, geometry.dims, vrange)
+        return cls(grid_field(values), geometry.bounds, geometry.dims, vrange, is_raw_grid=True)
 
 
 def grid_field(volume_zyx) -> FieldFn:
     """The trilinear interpolant of ``(nz, ny, nx)`` values as a field over the model cube (corner aligned).
 
     Voxel ``(i, j, k)`` sits at model point ``(-1 + 2i/(nx-1), -1 + 2j/(ny-1), -1 + 2k/(nz-1))``; points outside
-    the cube take the nearest border value. This is what "our renderer on the raw grid" evaluates.
+    the cube take the nearest border value. This is what "our renderer on the raw grid" evaluates; render it
+    through :meth:`RenderVolume.from_grid`, which marks it as a raw grid.
     """
     vol = torch.as_tensor(np.ascontiguousarray(volume_zyx, dtype=np.float32))
     if vol.ndim != 3:
@@ -88,7 +93,6 @@ def grid_field(volume_zyx) -> FieldFn:
                             padding_mode="border", align_corners=True)
         return out.reshape(n)
 
-    field.volume = vol  # keeps the data reachable (and lets callers check what is rendered)
     return field
 
 

@@ -82,3 +82,19 @@ def test_identical_inputs_give_infinite_psnr(small_image):
     error.Update()
     assert error.metrics["PSNR"] == math.inf and error.metrics["MaxError"] == 0.0
     assert error.metrics["SSIM"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    ("Device", "bogus", "NeuralVolumeError: Device 'bogus' is not a torch device; use auto, cpu, cuda or cuda:N."),
+    ("ChunkSize", 0, "NeuralVolumeError: ChunkSize must be a positive integer, got 0."),
+])
+def test_bad_evaluation_settings_fail_cleanly(small_image, trained_model, setting, value, expected):
+    path, _ = trained_model
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    error.SetModelFileName(str(path))
+    getattr(error, f"Set{setting}")(value)
+    events = Events(error)
+    assert error.Update() == 1
+    assert events.errors == [expected]
+    assert error.GetOutputDataObject(0).GetNumberOfPoints() == 0

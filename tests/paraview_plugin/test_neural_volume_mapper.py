@@ -214,3 +214,20 @@ def test_mapper_renders_a_trained_model_file(trained_model):
     px = grab(win, 64, 64)
     assert mapper.render_count == 1 and mapper.last_stats.samples > 1000
     assert (px != to_uint8(np.array(BACKGROUND))).any(axis=2).mean() > 0.1
+
+
+def test_mapper_refuses_a_sample_distance_that_needs_too_many_samples(blob):
+    """A tiny SampleDistance used to start a frame that never ended; it is refused and changes nothing."""
+    mapper = NeuralVolumeMapper()
+    mapper.SetRenderVolume(RenderVolume.from_grid(blob, GEOMETRY))
+    mtime = mapper.GetMTime()
+    with pytest.raises(ValueError) as info:
+        mapper.SetSampleDistance(1e-9)
+    # the box is 47 x 39 x 52.5 world units of 1-unit voxels: a diagonal of 80.54 voxels
+    assert str(info.value) == ("SampleDistance 1e-09 voxels needs up to 80,537,258,459 samples per ray through this "
+                               "volume, more than the cap of 100,000; use a step of at least 0.000806 voxels.")
+    with pytest.raises(ValueError, match="SampleDistance must be a positive number of voxels, got 0.0"):
+        mapper.SetSampleDistance(0)
+    assert mapper.GetSampleDistance() == 1.0 and mapper.GetMTime() == mtime
+    mapper.SetSampleDistance(0.001)
+    assert mapper.GetSampleDistance() == 0.001

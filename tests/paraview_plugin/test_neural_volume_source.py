@@ -10,7 +10,7 @@ from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline 
 
 from paraview_plugin import NeuralVolumeSource, model_cache
 from srn_core.geometry import ImageGeometry
-from srn_core.model import NeuralVolume
+from srn_core.loading import load_model
 from vtk_events import Events, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
 
 
@@ -154,7 +154,7 @@ def test_model_is_cached_by_path_and_reloaded_when_the_file_changes(trained_mode
     source.Update()
     before = point_values(source.GetOutputDataObject(0)).copy()
     # Rewrite the file with different weights: the next execution must use them.
-    changed = NeuralVolume.load(path)
+    changed = load_model(path)
     with torch.no_grad():
         for p in changed.field.parameters():
             p.add_(0.01)
@@ -182,7 +182,11 @@ def test_peer_folder_is_chosen_through_its_files(tmp_path):
     ("empty_name", "FileName is empty"),
     ("zero_dims", "SamplingDimensions must be three integers >= 1, got (0, 8, 8)"),
     ("inverted", "SamplingBounds (0.0, 1.0, 5.0, 2.0, 0.0, 1.0) are invalid: bounds are inverted on y"),
-    ("chunk", "chunk_size must be a positive integer, got 0"),
+    ("chunk", "ChunkSize must be a positive integer, got 0."),
+    ("device", "Device 'bogus' is not a torch device; use auto, cpu, cuda or cuda:N."),
+    ("dims_int32", "SamplingDimensions (3000000000, 2, 2) exceed 2147483647 points per axis, the most a VTK image "
+                   "holds."),
+    ("dims_memory", "SamplingDimensions (100000, 100000, 100000) needs 8e+03 TB of memory but only "),
 ])
 def test_bad_input_gives_one_clear_error_and_an_empty_output(trained_model, tmp_path, case, expected):
     path, _ = trained_model
@@ -196,6 +200,9 @@ def test_bad_input_gives_one_clear_error_and_an_empty_output(trained_model, tmp_
         "zero_dims": dict(SamplingDimensions=(0, 8, 8)),
         "inverted": dict(UseModelBounds=0, SamplingBounds=(0, 1, 5, 2, 0, 1)),
         "chunk": dict(ChunkSize=0),
+        "device": dict(Device="bogus"),
+        "dims_int32": dict(SamplingDimensions=(3_000_000_000, 2, 2)),
+        "dims_memory": dict(SamplingDimensions=(100_000, 100_000, 100_000)),
     }[case]
     source = NeuralVolumeSource()
     source.SetFileName(str(path))
@@ -208,12 +215,55 @@ def test_bad_input_gives_one_clear_error_and_an_empty_output(trained_model, tmp_
     message = events.errors[0]
     assert message.startswith("NeuralVolumeSource: ")
     assert expected.format(missing=missing) in message
-    assert "Traceback" not in message and "\n" not in message
+    assert "Traceback" not in message and "\n" not in message and message.endswith(".")
     assert source.GetOutputDataObject(0).GetNumberOfPoints() == 0
     # Fixing the setting recovers without a new object.
     source.SetFileName(str(path))
     source.SetSamplingDimensions(8, 8, 8)
     source.SetUseModelBounds(1)
     source.SetChunkSize(4096)
+    source.SetDevice("auto")
     source.Update()
     assert source.GetOutputDataObject(0).GetNumberOfPoints() == 512 and len(events.errors) == 1
+
+
+def test_clamp_to_data_range_is_set_for_each_evaluation_only(trained_model, tmp_path):
+    """Outputs stay in the training data's range by default; off shows the raw network, and the cached model,
+    shared with other sources, keeps its own setting."""
+    path, model = trained_model
+    wild = load_model(path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights far from the trained ones answer well outside the data's range
+        for p in wild.field.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    wild.save(tmp_path / "wild.srn")
+    low, high = wild.value_range
+    geometry = ImageGeometry.from_bounds(wild.bounds, (12, 10, 8))
+    source, events = make_source(tmp_path / "wild.srn", (12, 10, 8))
+    assert source.GetClampToDataRange() == 1
+    source.Update()
+    clamped = point_values(source.GetOutputDataObject(0)).copy()
+    source.SetClampToDataRange(0)
+    source.Update()
+    raw = point_values(source.GetOutputDataObject(0)).copy()
+    assert source.evaluations == 2
+    assert raw.min() < low and raw.max() > high  # the test means something: the raw answers leave the range
+    assert clamped.min() >= low and clamped.max() <= high
+    np.testing.assert_array_equal(clamped, np.clip(raw, low, high))
+    cached, _ = model_cache.load_cached(str(tmp_path / "wild.srn"), "auto")
+    assert cached.field.clamp_output is True  # restored after the unclamped evaluation
+    np.testing.assert_array_equal(clamped, cached.resample(geometry))
+    assert events.errors == []
+
+
+def test_every_getter_and_setter_is_a_property_of_the_proxy():
+    """No accessor outside the ParaView proxy: ``GetModelBounds`` hid every loading error behind empty bounds."""
+    import xml.etree.ElementTree as ET
+
+    import paraview_env
+
+    proxy = ET.parse(paraview_env.XML_DIR / "NeuralVolumeSource.xml").getroot().find("ProxyGroup/SourceProxy")
+    properties = {p.get("name") for p in proxy if p.tag.endswith("Property")}
+    ours = {name for cls in NeuralVolumeSource.__mro__ if cls.__module__.startswith("paraview_plugin")
+            for name in vars(cls) if name[:3] in ("Get", "Set")}
+    assert {name[3:] for name in ours} == properties

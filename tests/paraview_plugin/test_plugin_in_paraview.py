@@ -234,13 +234,13 @@ TRAIN_MPI_BODY = MPI_RANK + """
 def test_training_under_mpi_uses_the_whole_volume_and_each_rank_outputs_its_piece(pv_env, analytic_volume,
                                                                                  tmp_path):
     """Rank 0 trains on the whole volume (not its piece); every rank reports its metrics and evaluates its piece."""
-    from srn_core.model import NeuralVolume
+    from srn_core.loading import load_model
 
     reference = write_analytic(tmp_path / "reference.vti", analytic_volume)
     cmd = paraview_env.mpirun_command(2, "pvbatch", pv_env) + [
         "--symmetric", script(tmp_path, TRAIN_MPI_BODY, load="py"), str(reference)]
     run_ok(cmd, pv_env, timeout=300)
-    model = NeuralVolume.load(tmp_path / "model.srn")
+    model = load_model(tmp_path / "model.srn")
     assert model.geometry == analytic_volume.geometry  # trained on the whole volume, not a piece
     assert model.training["steps"] == 60
     recon = model.resample()
@@ -368,3 +368,33 @@ def test_source_loads_from_the_cmake_built_plugin(pv_env, trained_model, tmp_pat
     assert json.loads((tmp_path / "built.json").read_text())["embedded"] == "ParaViewLoader"
     geometry = ImageGeometry.from_bounds(model.bounds, (5, 6, 7))
     assert np.abs(values_of(read_image(tmp_path / "built.vti"), "density") - model.resample(geometry)).max() < 1e-5
+
+
+SEED_BODY = """
+    import torch
+    reader = XMLImageDataReader(FileName=[sys.argv[1]])
+    psnr = []
+    for run in range(2):
+        torch.manual_seed(100 + run)  # anything else in ParaView's Python may have used the global generator
+        torch.rand(1000)
+        trainer = TrainNeuralVolume(Input=reader, ModelFileName=os.path.join(OUT, "run%d.srn" % run), Steps=40,
+                                    ParameterBudget=5000, BatchSize=2048, Device="cpu", Seed=0)
+        trainer.UpdatePipeline()
+        psnr.append(trainer.GetClientSideObject().result.psnr)
+    json.dump({"psnr": psnr}, open(os.path.join(OUT, "seed.json"), "w"))
+"""
+
+
+def test_the_same_seed_trains_the_same_model_in_pvpython(pv_env, analytic_volume, tmp_path):
+    """Issue 7, defect 1: two Seed=0 runs in one pvpython wrote different models (22.75 vs 21.27 dB)."""
+    from safetensors.torch import load_file
+    import torch
+
+    reference = write_analytic(tmp_path / "reference.vti", analytic_volume)
+    run_ok(["pvpython", script(tmp_path, SEED_BODY), str(reference)], pv_env)
+    first, second = (load_file(tmp_path / f"run{run}.srn") for run in range(2))
+    assert first.keys() == second.keys() and first
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    psnr = json.loads((tmp_path / "seed.json").read_text())["psnr"]
+    assert psnr[0] == psnr[1]

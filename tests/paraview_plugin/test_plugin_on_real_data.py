@@ -20,7 +20,7 @@ from paraview_plugin.vtk_image import image_from_array, write_vti
 from srn_core import metrics
 from srn_core.data import Volume
 from srn_core.geometry import ImageGeometry
-from srn_core.model import NeuralVolume
+from srn_core.loading import load_model
 
 from pv_scripts import read_image, read_png, run_ok, side_by_side_render, values_of
 
@@ -96,7 +96,7 @@ def test_train_error_and_render_on_real_data(pv_env, brain, tmp_path):
     psnr = float(train["PSNR"])
     assert psnr >= PSNR_FLOOR, train
     assert int(float(train["TrainingSteps"])) <= STEPS
-    model = NeuralVolume.load(tmp_path / "brain.srn")
+    model = load_model(tmp_path / "brain.srn")
     recon = model.resample()
     assert psnr == pytest.approx(metrics.psnr(volume.values, recon), abs=1e-3)
     assert float(train["CompressionRatio"]) == pytest.approx(volume.geometry.num_points / model.num_parameters, rel=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
 
@@ -12,7 +13,7 @@ from paraview_plugin import TrainNeuralVolume
 from paraview_plugin.vtk_image import image_from_array
 from srn_core import metrics
 from srn_core.geometry import ImageGeometry
-from srn_core.model import NeuralVolume
+from srn_core.loading import load_model
 
 from vtk_events import Events, field_value, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
 
@@ -42,7 +43,7 @@ def test_training_writes_the_model_and_outputs_its_reconstruction(small_image, a
     assert out.GetOrigin() == small_image.GetOrigin() and out.GetSpacing() == small_image.GetSpacing()
     recon = vtk_to_numpy(out.GetPointData().GetScalars()).reshape(analytic_volume.values.shape)
     assert out.GetPointData().GetScalars().GetName() == "density"
-    model = NeuralVolume.load(path)
+    model = load_model(path)
     assert model.array_name == "density" and model.geometry == analytic_volume.geometry
     np.testing.assert_array_equal(recon, model.resample())
     psnr = field_value(out, "PSNR")
@@ -75,7 +76,7 @@ def test_cell_data_is_learned_on_cell_centres(small_image, tmp_path):
     out = trainer.GetOutputDataObject(0)
     assert out.GetCellData().GetArray("label").GetNumberOfTuples() == g.num_points
     assert out.GetPointData().GetNumberOfArrays() == 0
-    model = NeuralVolume.load(tmp_path / "cells.srn")
+    model = load_model(tmp_path / "cells.srn")
     origin = np.array(small_image.GetOrigin()) + 0.5 * np.array(small_image.GetSpacing())
     np.testing.assert_allclose(model.geometry.origin, origin)
 
@@ -102,8 +103,15 @@ def test_abort_stops_training_and_writes_nothing(small_image, tmp_path):
     ("Steps", 0, "steps must be a positive integer, got 0"),
     ("ParameterBudget", 10, "ParameterBudget must be at least 1000, got 10"),
     ("Architecture", "nonsense", "unknown model architecture 'nonsense'"),
+    ("TimeLimit", -5, "TimeLimit must be 0 (no limit) or a positive number of seconds, got -5.0."),
+    ("LearningRate", -0.1, "LearningRate must be 0 (the architecture's default) or positive, got -0.1."),
+    ("Device", "bogus", "Device 'bogus' is not a torch device; use auto, cpu, cuda or cuda:N."),
+    ("ChunkSize", 0, "ChunkSize must be a positive integer, got 0."),
+    ("ParameterBudget", 2_000_000_000, "ParameterBudget 2000000000 needs 32 GB of memory but only 1 GB is "
+                                       "available; ask for less."),
 ])
-def test_bad_training_settings_fail_cleanly(small_image, tmp_path, setting, value, expected):
+def test_bad_training_settings_fail_cleanly(small_image, tmp_path, monkeypatch, setting, value, expected):
+    monkeypatch.setenv("SRN_MEMORY_LIMIT", "1GB")
     trainer, events = make_trainer(small_image, tmp_path / "m.srn")
     getattr(trainer, f"Set{setting}")(value)
     assert trainer.Update() == 1
@@ -111,6 +119,56 @@ def test_bad_training_settings_fail_cleanly(small_image, tmp_path, setting, valu
     assert events.errors[0].startswith("TrainNeuralVolume: ")
     assert trainer.GetOutputDataObject(0).GetNumberOfPoints() == 0
     assert not (tmp_path / "m.srn").exists()
+
+
+def test_non_finite_input_names_the_mask_non_finite_property(small_image, analytic_volume, tmp_path):
+    """The core's message names the command line's --mask-nonfinite; in ParaView the setting is MaskNonFinite."""
+    values = analytic_volume.values.copy()
+    values[0, 0, :3] = np.nan
+    image = image_from_array(values, analytic_volume.geometry, "density")
+    trainer, events = make_trainer(image, tmp_path / "m.srn", steps=3)
+    trainer.Update()
+    assert events.errors == ["TrainNeuralVolume: array 'density' holds 3 non-finite values (NaN/Inf); turn on "
+                             "MaskNonFinite to exclude them from training and metrics."]
+    assert not (tmp_path / "m.srn").exists()
+    trainer.SetMaskNonFinite(1)
+    trainer.Update()
+    assert len(events.errors) == 1 and (tmp_path / "m.srn").exists()
+
+
+def test_the_same_seed_trains_the_same_model_bit_for_bit(small_image, tmp_path):
+    """Two filters with Seed=0, the global random state moved in between: identical tensors in the files."""
+    from safetensors.torch import load_file
+
+    files = []
+    for run in range(2):
+        torch.manual_seed(1234 + run)  # what any other code may have done to the global generator
+        torch.rand(1000)
+        trainer, events = make_trainer(small_image, tmp_path / f"run{run}.srn", steps=20)
+        trainer.SetSeed(0)
+        trainer.Update()
+        assert events.errors == []
+        files.append(load_file(tmp_path / f"run{run}.srn"))
+    assert files[0].keys() == files[1].keys() and files[0]
+    for name in files[0]:
+        assert torch.equal(files[0][name], files[1][name]), name
+    trainer.SetSeed(1)  # and the seed matters
+    trainer.Update()
+    other = load_file(tmp_path / "run1.srn")
+    assert any(not torch.equal(files[0][name], other[name]) for name in files[0])
+
+
+@pytest.mark.parametrize("architecture, lr", [("apmgsrn", 0.01), ("siren", 1e-3)])
+def test_learning_rate_zero_means_the_architecture_default(small_image, tmp_path, architecture, lr):
+    trainer, events = make_trainer(small_image, tmp_path / "m.srn", steps=2)
+    assert trainer.config.learning_rate == 0.0
+    trainer.SetArchitecture(architecture)
+    trainer.Update()
+    assert events.errors == []
+    assert load_model(tmp_path / "m.srn").training["lr"] == lr
+    trainer.SetLearningRate(0.005)
+    trainer.Update()
+    assert load_model(tmp_path / "m.srn").training["lr"] == 0.005
 
 
 def test_unknown_array_fails_cleanly(small_image, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from paraview_plugin.vtk_image import image_from_array, read_vti, write_vti
 from srn_core.geometry import ImageGeometry
-from srn_core.model import load_model
+from srn_core.loading import load_model
 
 INIA19 = Path("/usr/share/mricron/templates/inia19-t1-brain.nii.gz")
 
@@ -148,9 +148,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    assert "interrupted (Ctrl-C) at step" in err and "--resume" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["m.srn.checkpoint", "v.npy"]
-    step = int(err.split("interrupted at step")[1].split(";")[0])
+    step = int(err.split("interrupted (Ctrl-C) at step")[1].split(";")[0])
     assert step > 0
     done = subprocess.run(cmd[:8] + [str(step + 20)] + cmd[9:] + ["--resume"], capture_output=True, text=True,
                           timeout=120)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core_samples import small_model
-from srn_core.evaluate import evaluate, evaluate_image
+from srn_core.evaluate import evaluate, evaluate_image, image_chunks
 from srn_core.geometry import ImageGeometry
 
 
@@ -73,3 +73,19 @@ def test_evaluate_image_peak_memory_is_bounded_by_the_chunk_size():
     out = evaluate_image(field, g, g.bounds, chunk_size=4096)
     assert max(calls) == 4096 and sum(calls) == 200 ** 3
     assert out[0, 0, 199] == 1.0 and out[5, 7, 0] == -1.0
+
+
+def test_image_chunks_stream_the_image_in_flat_order():
+    """The pieces a streaming writer stores: at most chunk_size points each, concatenating to the image."""
+    model = small_model()
+    g = model.geometry
+    chunks = []
+    for c in image_chunks(model.field, g, model.bounds, chunk_size=500):
+        assert not torch.is_inference_mode_enabled()  # the mode stays inside each piece, not in the consumer
+        chunks.append(c)
+    assert [c.shape[0] for c in chunks] == [500] * 7 + [g.num_points - 3500]
+    assert all(c.dtype == torch.float32 for c in chunks)
+    whole = torch.cat(chunks).numpy().reshape(g.shape)
+    assert np.abs(whole - model.resample()).max() < 1e-5
+    piece = list(image_chunks(model.field, g, model.bounds, extent=(3, 9, 0, 15, 2, 2), chunk_size=50))
+    assert np.array_equal(torch.cat(piece).numpy(), model.resample(extent=(3, 9, 0, 15, 2, 2)).reshape(-1))

@@ -87,3 +87,20 @@ def test_error_sums_of_pieces_equal_the_whole_volume_metrics():
         assert total.data_range == metrics.data_range(ref)
     with pytest.raises(ValueError, match="nothing to compare"):
         metrics.ErrorSums().psnr
+
+
+def test_ssim_with_no_counted_point_is_an_error_not_a_mean_of_nothing():
+    """An all-false mask, or one whose points all lie in the border half-window (where SSIM is not computed),
+    leaves nothing to average: one clear error, never the mean of the filled-in background."""
+    rng = np.random.default_rng(2)
+    ref = rng.random((10, 10, 10))
+    rec = ref + 0.1
+    with pytest.raises(ValueError, match="nothing to compare"):
+        metrics.ssim(ref, rec, mask=np.zeros(ref.shape, bool))
+    border = np.zeros(ref.shape, bool)
+    border[0] = True  # only the first slice: inside the 3-point half-window of a 7-point window
+    with pytest.raises(ValueError, match=r"SSIM: every counted point lies within 3 points of the border"):
+        metrics.ssim(ref, rec, mask=border)
+    inner = np.zeros(ref.shape, bool)
+    inner[3:7, 3:7, 3:7] = True
+    assert 0.0 < metrics.ssim(ref, rec, mask=inner) < 1.0

@@ -2,12 +2,15 @@
 
 import json
 import os
+import stat
 
+import numpy as np
 import pytest
 import torch
 
 from core_samples import small_model
-from srn_core.model import NeuralVolume, load_model
+from srn_core.loading import load_model
+from srn_core.model import NeuralVolume
 from srn_core.modelfile import ModelFileError
 
 
@@ -56,3 +59,52 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(TypeError):
         bad.save(target)
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["m.srn"]
+
+
+# ---- permissions of what every writer creates ------------------------------------------------------------
+def _write_model(path):
+    small_model().save(path)
+
+
+def _write_checkpoint(path):
+    from core_samples import analytic_volume
+    from srn_core.training import TrainConfig, train
+
+    train(analytic_volume(), small_model().field, TrainConfig(steps=2, batch_size=256, device="cpu"), checkpoint=path)
+
+
+def _write_vti(path):
+    from paraview_plugin.vtk_image import image_from_array, write_vti
+    from srn_core.geometry import ImageGeometry
+
+    write_vti(path, image_from_array(np.zeros((2, 3, 4), np.float32), ImageGeometry((4, 3, 2)), "v"))
+
+
+def _write_png(path):
+    from srn_core.render.image import write_png
+
+    write_png(path, np.zeros((2, 3, 3), np.uint8))
+
+
+def _write_npy(path):
+    from srn.io import write_volume
+    from srn_core.geometry import ImageGeometry
+
+    write_volume(path, np.zeros((2, 3, 4), np.float32), ImageGeometry((4, 3, 2)), "v")
+
+
+WRITERS = {"model.srn": _write_model, "run.checkpoint": _write_checkpoint, "out.vti": _write_vti,
+           "image.png": _write_png, "out.npy": _write_npy}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+@pytest.mark.parametrize("name", WRITERS)
+def test_written_files_follow_the_umask(tmp_path, name, umask, mode):
+    path = tmp_path / name
+    old = os.umask(umask)
+    try:
+        WRITERS[name](path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert os.listdir(tmp_path) == [name]  # and no temporary file left behind

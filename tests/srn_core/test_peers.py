@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from srn_core.fields import FIELDS, APMGSRN
 from srn_core.fields.ensemble import EnsembleField
 from srn_core.geometry import voxel_grid_points
-from srn_core.model import NeuralVolume
+from srn_core.loading import load_model
 from srn_core.modelfile import ModelFileError
 from srn_core.peers import load_peer_checkpoint
 
@@ -126,6 +126,7 @@ def torch_fixture(tmp_path, seed=1, n_grids=2, n_features=4, n_layers=3, width=8
 
 
 def values(volume, points):
+    volume.field.clamp_output = False  # the peer's forward pass does not clamp to the data range
     with torch.no_grad():
         return volume.field(points).double()
 
@@ -148,7 +149,8 @@ def test_tcnn_decoder_without_padding_when_inputs_fill_16(tmp_path):
     vol = load_peer_checkpoint(folder)
     assert vol.field.config.input_padding == 0
     pts = query_points(torch.Generator().manual_seed(6))
-    torch.testing.assert_close(values(vol, pts), reference(pts, **exp), atol=TOL, rtol=0)
+    # 1e-6 relative to the data range (2): float32 rounding of a 16-wide first layer, as in the other tests.
+    torch.testing.assert_close(values(vol, pts), reference(pts, **exp), atol=2 * TOL, rtol=0)
 
 
 @pytest.mark.parametrize("padded", [True, False])
@@ -163,13 +165,25 @@ def test_torch_layout_decoder_matches_reference(tmp_path, padded):
     torch.testing.assert_close(values(vol, pts), ref, atol=240 * TOL, rtol=0)
 
 
-def test_biased_torch_decoder_is_folded_exactly(tmp_path):
+def test_biased_torch_decoder_loads_exactly_and_counts_only_its_parameters(tmp_path):
     folder, exp = torch_fixture(tmp_path, padded=False, bias=True, n_layers=2)
     vol = load_peer_checkpoint(folder)
-    # Biases ride on one extra constant input and one extra hidden neuron of a bias-free decoder.
-    assert vol.field.config.input_padding == 1 and vol.field.config.width == 9
+    assert vol.field.config.use_bias and vol.field.config.input_padding == 0 and vol.field.config.width == 8
+    # What the peer stores and trains: 2 x 4 x (3 x 4 x 5) grid values, 2 4x4 transforms, and a 8-8-8-1
+    # decoder with biases (8*8+8 + 8*8+8 + 8+1 = 153); nothing added to carry a bias.
+    assert vol.num_parameters == 2 * 4 * 60 + 2 * 16 + 153
     pts = query_points(torch.Generator().manual_seed(8))
     torch.testing.assert_close(values(vol, pts), reference(pts, **exp), atol=240 * TOL, rtol=0)
+
+
+@pytest.mark.parametrize("option, expected", [("small", "small"), ("large", "large"), ("default", "default"),
+                                              ("small_grids", "small"), ("anything", "default")])
+def test_grid_initialization_is_read_from_the_options(tmp_path, option, expected):
+    folder, _ = torch_fixture(tmp_path)
+    options = json.loads((folder / "options.json").read_text())
+    (folder / "options.json").write_text(json.dumps({**options, "grid_initialization": option}))
+    # The peer's own rule: the first of "default", "small", "large" found in the text, else "default".
+    assert load_peer_checkpoint(folder).field.config.grid_initialization == expected
 
 
 # ---- geometry, metadata, dispatch, round trip --------------------------------------------------------
@@ -184,6 +198,7 @@ def test_geometry_maps_full_shape_to_vtk_dims_and_model_x_to_last_axis(tmp_path)
     assert vol.training["steps"] == 10000 and vol.training["peer_model"] == "APMGSRN"
     # Resampling on its own grid gives an array shaped like APMGSRN's file array [D0, D1, D2], and file
     # voxel (a0, a1, a2) is the model point (x, y, z) = (a2, a1, a0) mapped corner-aligned to [-1, 1].
+    vol.field.clamp_output = False  # compared with the peer's unclamped forward pass
     grid = vol.resample()
     assert grid.shape == (5, 7, 9)
     a0, a1, a2 = torch.meshgrid(torch.arange(5), torch.arange(7), torch.arange(9), indexing="ij")
@@ -193,11 +208,11 @@ def test_geometry_maps_full_shape_to_vtk_dims_and_model_x_to_last_axis(tmp_path)
 
 def test_neural_volume_load_dispatches_folders_and_round_trips_through_our_format(tmp_path):
     folder, exp = torch_fixture(tmp_path)
-    vol = NeuralVolume.load(folder)
+    vol = load_model(folder)
     assert vol.geometry.dims == (3, 6, 4) and vol.array_name == "Plume" and vol.source == str(folder)
     path = tmp_path / "converted.nv"
     vol.save(path)
-    again = NeuralVolume.load(path)
+    again = load_model(path)
     pts = query_points(torch.Generator().manual_seed(9))
     assert torch.equal(values(again, pts), values(vol, pts))
     assert again.geometry == vol.geometry and again.value_range == vol.value_range
@@ -287,6 +302,72 @@ def test_missing_options_and_missing_range_are_clear_errors(tmp_path):
         load_peer_checkpoint(tmp_path / "nowhere")
 
 
+# ---- options are read strictly -----------------------------------------------------------------------
+def rewrite_options(folder, **changes):
+    options = json.loads((folder / "options.json").read_text())
+    (folder / "options.json").write_text(json.dumps({**options, **changes}))
+
+
+@pytest.mark.parametrize("false", ["false", "False", 0, "0"])
+def test_false_written_as_a_string_or_a_number_means_false(tmp_path, false):
+    # bool("false") is True: read leniently, this unpadded model was taken for a padded ensemble.
+    folder, exp = torch_fixture(tmp_path, padded=False)
+    rewrite_options(folder, requires_padded_feats=false, use_bias=false, ensemble=false)
+    vol = load_peer_checkpoint(folder)
+    assert vol.field.config.input_padding == 0
+    pts = query_points(torch.Generator().manual_seed(13))
+    torch.testing.assert_close(values(vol, pts), reference(pts, **exp), atol=240 * TOL, rtol=0)
+
+
+@pytest.mark.parametrize("true", ["true", "TRUE", 1, "1"])
+def test_true_written_as_a_string_or_a_number_means_true(tmp_path, true):
+    folder, _ = torch_fixture(tmp_path, padded=True)
+    rewrite_options(folder, requires_padded_feats=true)
+    assert load_peer_checkpoint(folder).field.config.input_padding == 8
+
+
+@pytest.mark.parametrize("key, value", [("requires_padded_feats", "no"), ("use_bias", "yes"), ("ensemble", 2),
+                                        ("use_bias", None), ("requires_padded_feats", [])])
+def test_a_boolean_option_that_is_neither_true_nor_false_is_named(tmp_path, key, value):
+    folder, _ = torch_fixture(tmp_path)
+    rewrite_options(folder, **{key: value})
+    with pytest.raises(ModelFileError) as info:
+        load_peer_checkpoint(folder)
+    assert str(info.value) == (f"options file {str(folder / 'options.json')!r} has {key}={value!r}; "
+                               f"expected true or false.")
+
+
+@pytest.mark.parametrize("three", ["3", 3.0, " 3"])
+def test_a_whole_number_written_as_a_string_or_a_float_is_read(tmp_path, three):
+    folder, _ = torch_fixture(tmp_path, n_layers=3)
+    rewrite_options(folder, n_layers=three)
+    assert load_peer_checkpoint(folder).field.config.n_hidden_layers == 3
+
+
+@pytest.mark.parametrize("key, value", [("n_layers", 2.5), ("n_layers", "three"), ("n_layers", True),
+                                        ("nodes_per_layer", 0), ("n_dims", None), ("n_outputs", "-1")])
+def test_an_integer_option_that_is_no_whole_number_is_named(tmp_path, key, value):
+    folder, _ = torch_fixture(tmp_path)
+    rewrite_options(folder, **{key: value})
+    with pytest.raises(ModelFileError) as info:
+        load_peer_checkpoint(folder)
+    assert str(info.value) == (f"options file {str(folder / 'options.json')!r} has {key}={value!r}; "
+                               f"expected a whole number of at least 1.")
+
+
+def test_an_absurd_layer_count_is_refused_before_any_layer_list_is_built(tmp_path):
+    folder, _ = tcnn_fixture(tmp_path)
+    rewrite_options(folder, n_layers=10 ** 12)
+    with pytest.raises(ModelFileError, match=r"decoder\.params has 768 values but a FullyFusedMLP with 9 inputs, "
+                                             r"1000000000000 hidden layers"):
+        load_peer_checkpoint(folder)
+    folder, _ = torch_fixture(tmp_path)
+    rewrite_options(folder, n_layers=10 ** 12)
+    with pytest.raises(ModelFileError, match=r"n_layers is 1000000000000 but the state dict has no output layer "
+                                             r"decoder\.1000000000000\.weight"):
+        load_peer_checkpoint(folder)
+
+
 # ---- ensembles -----------------------------------------------------------------------------------------
 def brick_ranges(n, g, ghost):
     """APMGSRN start_jobs.py brick extents along one file axis: [start, end) with ghost + 1 overlap."""
@@ -368,7 +449,7 @@ def test_ensemble_routes_points_to_bricks_like_apmgsrn(tmp_path, monkeypatch):
     # Our single-file format keeps all bricks with their extents.
     monkeypatch.setitem(FIELDS, EnsembleField.architecture, EnsembleField)
     vol.save(tmp_path / "ens.nv")
-    again = NeuralVolume.load(tmp_path / "ens.nv")
+    again = load_model(tmp_path / "ens.nv")
     assert torch.equal(values(again, pts), values(vol, pts))
 
 

@@ -1,5 +1,8 @@
-"""srn_core.training: determinism, PSNR floors, exact resume, masked voxels."""
+"""srn_core.training: determinism, PSNR floors, exact resume (also from signals mid-step), masked voxels."""
 
+import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -8,7 +11,9 @@ import torch
 from core_samples import analytic_volume
 from srn_core.data import Volume
 from srn_core.fields import APMGSRN, APMGSRNConfig
-from srn_core.training import TrainConfig, TrainingInterrupted, train
+from srn_core.modelfile import load_tensors
+from srn_core.model import NeuralVolume
+from srn_core.training import TrainConfig, TrainingInterrupted, fit, train
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -50,7 +55,103 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path):
     assert resumed.steps == 120 and resumed.psnr == straight.psnr
     for k, v in straight.model.field.state_dict().items():
         assert torch.equal(v, resumed.model.field.state_dict()[k]), k
-    assert not ck.exists()  # the finished model supersedes the checkpoint
+    # The finished state stays in the checkpoint until the caller has written the model: a failed write is
+    # redone by resuming, without a single step.
+    assert load_tensors(ck)[1]["checkpoint"]["step"] == 120
+    again = train(vol, APMGSRN(fresh.config), cfg, checkpoint=ck, resume=True)
+    assert again.steps == 120 and again.psnr == straight.psnr
+    for k, v in straight.model.field.state_dict().items():
+        assert torch.equal(v, again.model.field.state_dict()[k]), k
+
+
+def _assert_same_tensors(a, b):
+    sa, sb = a.model.field.state_dict(), b.model.field.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_fit_seeds_the_initial_weights_alone_and_leaves_the_global_rng_alone():
+    vol = analytic_volume()
+    cfg = TrainConfig(steps=3, batch_size=256, seed=7, device="cpu")
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    a = fit(vol, "apmgsrn", 2000, cfg)
+    assert torch.equal(torch.random.get_rng_state(), before)  # neither read nor advanced
+    torch.rand(1000)  # a caller that used the global generator in between (ParaView, another filter)
+    b = fit(vol, "apmgsrn", 2000, cfg)
+    _assert_same_tensors(a, b)
+    c = fit(vol, "apmgsrn", 2000, TrainConfig(steps=3, batch_size=256, seed=8, device="cpu"))
+    assert not torch.equal(a.model.field.transforms, c.model.field.transforms)
+    # lr=None means the architecture's own default: SIREN's 1e-3, not the grid models' 0.01.
+    assert fit(vol, "siren", 2000, cfg).model.training["lr"] == 1e-3
+    assert a.model.training["lr"] == 0.01 and a.model.num_parameters <= 2000
+
+
+def _signal_inside_step(field, at_steps, signum):
+    """Send ``signum`` to this process from inside the forward pass of the given steps (mid-step)."""
+    calls = {"n": 0}
+    forward = field.normalized
+
+    def normalized(points):
+        out = forward(points)
+        calls["n"] += 1
+        if calls["n"] in at_steps:
+            os.kill(os.getpid(), signum)  # Python runs the handler at the next bytecode: inside this step
+        return out
+    field.normalized = normalized
+    return field
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_step_stops_after_that_step_and_resumes_exactly(tmp_path, signum):
+    vol, field, cfg = _fit(steps=90)
+    straight = train(vol, field, cfg)
+    ck = tmp_path / "run.checkpoint"
+    previous = signal.getsignal(signum)
+    vol, field, cfg = _fit(steps=90)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(vol, _signal_inside_step(field, {31}, signum), cfg, checkpoint=ck)
+    assert (stop.value.step, stop.value.signal) == (31, signum)  # the 31st step completed, no half step
+    assert signal.getsignal(signum) is previous  # the handlers are the caller's again
+    assert load_tensors(ck)[1]["checkpoint"]["step"] == 31
+    vol, fresh, cfg = _fit(steps=90)
+    with pytest.raises(TrainingInterrupted) as stop:  # again, this time past density_start (the aux optimizer)
+        train(vol, _signal_inside_step(APMGSRN(fresh.config), {30}, signum), cfg, checkpoint=ck, resume=True)
+    assert stop.value.step == 61
+    resumed = train(vol, APMGSRN(fresh.config), cfg, checkpoint=ck, resume=True)
+    assert resumed.steps == 90 and resumed.psnr == straight.psnr
+    _assert_same_tensors(straight, resumed)
+
+
+def test_checkpoints_by_steps_as_well_as_by_time(tmp_path):
+    ck = tmp_path / "run.checkpoint"
+    vol, field, cfg = _fit(steps=40, checkpoint_every_steps=15)
+    seen = {}
+
+    def look(p):
+        seen[p.step] = load_tensors(ck)[1]["checkpoint"]["step"] if ck.exists() else None
+    train(vol, field, cfg, checkpoint=ck, callback=look, callback_every=10)
+    # A SIGKILL after step 10 would leave nothing to resume, after step 20 or 30 step 15's state, after 40
+    # step 30's (the callback runs just before a step's checkpoint); the end of training writes its own.
+    assert seen == {10: None, 20: 15, 30: 15, 40: 30}
+    assert load_tensors(ck)[1]["checkpoint"]["step"] == 40
+    with pytest.raises(ValueError, match="checkpoint_every_steps must be a positive integer, got 0"):
+        TrainConfig(checkpoint_every_steps=0)
+
+
+def test_an_interrupt_during_the_final_evaluation_keeps_the_model(monkeypatch):
+    vol, field, cfg = _fit(steps=20)
+    resample = NeuralVolume.resample
+
+    def interrupted_resample(self, *args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the full volume is evaluated
+        return resample(self, *args, **kw)
+    monkeypatch.setattr(NeuralVolume, "resample", interrupted_resample)
+    r = train(vol, field, cfg)
+    assert r.steps == 20 and math.isnan(r.psnr)
+    assert "psnr" not in r.model.training and r.model.training["stopped_because"] == (
+        "steps; PSNR not measured (interrupted)")
 
 
 def test_masked_nonfinite_voxels_are_excluded():

@@ -15,7 +15,7 @@ import pytest
 import paraview_env
 
 PROXIES = {"NeuralVolumeSource": "sources", "TrainNeuralVolume": "filters", "NeuralVolumeError": "filters"}
-ADVANCED = {"Device", "ChunkSize", "BatchSize", "LearningRate", "Seed", "MaskNonFinite"}
+ADVANCED = {"Device", "ChunkSize", "BatchSize", "LearningRate", "Seed", "MaskNonFinite", "ClampToDataRange"}
 
 
 def proxy_element(name):
@@ -103,3 +103,18 @@ def test_sampling_box_is_an_interactive_box_widget():
     assert functions == {"Position": "SamplingOrigin", "Scale": "SamplingSize"}
     decorator = box.find("Hints/PropertyWidgetDecorator")
     assert decorator.get("property") == "UseModelBounds" and decorator.get("value") == "0"
+
+
+def test_device_and_chunk_size_are_the_same_property_in_every_proxy():
+    """The three algorithms share these settings (``_algorithm.EvaluationSettings``): one definition, written
+    out in each XML (ParaView 5.11 has no way to share a property between proxies of separate XML files)."""
+    for prop_name in ("Device", "ChunkSize"):
+        texts = set()
+        for name in PROXIES:
+            proxy = proxy_element(name)
+            prop = next(p for p in proxy if p.get("name") == prop_name)
+            texts.add(" ".join(ET.tostring(prop, encoding="unicode").split()))
+            group = next(g for g in proxy.findall("PropertyGroup") if g.get("label") == "Evaluation")
+            assert group.get("panel_visibility") == "advanced"
+            assert prop_name in [p.get("name") for p in group.findall("Property")], name
+        assert len(texts) == 1, texts

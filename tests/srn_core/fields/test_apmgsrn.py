@@ -21,6 +21,7 @@ def hand_field(input_padding=0, transform=None):
     cfg = APMGSRNConfig(n_grids=1, n_features=1, grid_shape=(2, 2, 2), width=2, n_hidden_layers=1,
                         input_padding=input_padding)
     field = APMGSRN(cfg, value_range=(LO, HI))
+    field.clamp_output = False  # these tests check the network's own arithmetic, far outside (LO, HI)
     grid = torch.empty(2, 2, 2)
     for d in range(2):
         for h in range(2):
@@ -77,6 +78,7 @@ def test_transform_maps_global_points_into_the_grid_frame():
 def test_features_are_concatenated_grid_major():
     cfg = APMGSRNConfig(n_grids=2, n_features=2, grid_shape=(2, 2, 2), width=1, n_hidden_layers=1)
     field = APMGSRN(cfg, value_range=(0.0, 1.0))
+    field.clamp_output = False
     with torch.no_grad():
         field.transforms.copy_(torch.eye(4).repeat(2, 1, 1))
         for g in range(2):
@@ -105,3 +107,38 @@ def test_feature_density_scales_with_the_grid_magnification():
     with torch.no_grad():
         d = field.feature_density(torch.zeros(1, 3))
     assert d.item() == pytest.approx(8 / (2 * math.pi) ** 1.5, rel=1e-6)
+
+
+# ---- configuration -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, scale", [("default", 1.0), ("small", 8.0), ("large", 0.8)])
+def test_grid_initialization_places_the_grids(kind, scale):
+    torch.manual_seed(0)
+    field = APMGSRN(APMGSRNConfig(n_grids=64, n_features=1, grid_shape=(2, 2, 2), grid_initialization=kind))
+    t = field.transforms.detach()
+    diagonal = t[:, :3, :3].diagonal(dim1=1, dim2=2)
+    assert diagonal.mean().item() == pytest.approx(scale, abs=0.03)  # N(0, 0.05) noise on 192 entries
+    assert (t[:, :3, :3] - torch.diag_embed(diagonal)).abs().max() < 0.3  # off-diagonal: noise only
+    assert torch.equal(t[:, 3], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(64, 4))
+    shift = t[:, :3, 3]
+    if kind == "small":
+        # Grids an eighth of the volume wide, shifted by up to their own scale: centres -shift/scale spread over
+        # the whole cube (uniform in [-1, 1]: mean |centre| about 0.5), never outside it by more than the noise.
+        centres = -shift / diagonal
+        assert 0.35 < centres.abs().mean() < 0.65 and centres.abs().max() < 1.05
+    else:
+        assert shift.abs().max() < 0.3
+
+
+def test_unknown_grid_initialization_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError) as err:
+        APMGSRNConfig(grid_initialization="tiny")
+    assert str(err.value) == "APMGSRN grid_initialization must be one of 'default', 'small', 'large', got 'tiny'."
+
+
+def test_a_biased_decoder_counts_its_biases_once():
+    cfg = APMGSRNConfig(n_grids=2, n_features=3, grid_shape=(2, 3, 4), width=5, n_hidden_layers=2, use_bias=True)
+    field = APMGSRN(cfg)
+    # grids 2*3*24, transforms 2*16, decoder 6*5+5 + 5*5+5 + 5*1+1
+    assert field.num_parameters() == 144 + 32 + 35 + 30 + 6
+    with pytest.raises(ValueError, match="use_bias must be true or false, got 'false'"):
+        APMGSRNConfig(use_bias="false")

@@ -59,7 +59,7 @@ def test_forward_shape_dtype_and_data_units(arch):
         normalized = field.normalized(points)
     assert values.shape == (777,) and values.dtype == torch.float32
     assert normalized.shape == (777,)
-    assert torch.allclose(values, normalized * (hi - lo) + lo, atol=1e-5)
+    assert torch.allclose(values, (normalized * (hi - lo) + lo).clamp(lo, hi), atol=1e-5)
     assert torch.isfinite(values).all()
     with torch.no_grad():
         assert field(points[:0]).shape == (0,)
@@ -143,7 +143,7 @@ def test_fits_a_smooth_field(arch, analytic_volume, one_thread):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_decoder_blocked_evaluation_equals_the_training_path(bias):
-    """Without autograd the MLP runs in cache-sized row blocks; every row must come out as in one pass."""
+    """On one thread the MLP evaluates in cache-sized row blocks; every row must come out as in one pass."""
     from srn_core.fields.mlp import INFERENCE_BLOCK_ROWS, MLP
 
     torch.manual_seed(0)
@@ -157,13 +157,63 @@ def test_decoder_blocked_evaluation_equals_the_training_path(bias):
         reference = mlp(x)
     assert reference.requires_grad
     with torch.inference_mode():
-        blocked = mlp(x)
+        blocked = mlp.forward_blocked(x)
+        unblocked = torch.nn.Sequential.forward(mlp, x)  # one pass, whatever the thread count
     assert blocked.shape == (x.shape[0], 2) and not blocked.requires_grad
     torch.testing.assert_close(blocked, reference.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(unblocked, reference.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.equal(blocked[:10], blocked[-10:])  # the rows are really different inputs
+
+
+def _linear_calls(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::linear")
+
+
+@pytest.mark.parametrize("threads, calls", [(2, 3), (1, 3 * 16)])
+def test_decoder_blocks_rows_only_on_one_thread(threads, calls):
+    """Defect 4: with several threads each row block's matmuls open OpenMP regions whose threads spin-wait,
+    20x slower under CPU contention; so a 65,536-point chunk is one matmul per layer unless one thread runs."""
+    from srn_core.fields.mlp import MLP
+
+    mlp = MLP(16, 1, width=32, n_hidden_layers=2)
+    x = torch.randn(65536, 16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            assert _linear_calls(lambda: mlp(x)) == calls
+        assert _linear_calls(lambda: mlp(x)) == 3  # with autograd: always the whole batch
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("architecture", ["apmgsrn", "fvsrn", "ngp", "siren"])
 def test_budget_derives_a_configuration_close_to_the_target(architecture):
     field = field_for_budget(architecture, 44_000, (128, 206, 168))
     assert 0.8 * 44_000 <= field.num_parameters() <= 1.02 * 44_000
+
+
+def test_a_broken_architecture_module_is_an_import_error_not_a_missing_name():
+    """The registry imports every architecture plainly: a broken module must surface, not vanish from FIELDS."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'srn_core.fields.siren':\n"
+        "            raise ImportError('siren is broken')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "try:\n"
+        "    import srn_core.fields\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+        "else:\n"
+        "    print('imported; siren registered:', 'siren' in srn_core.fields.FIELDS)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("paraview_env").REPO))
+    assert out.stdout.strip() == "ImportError: siren is broken"

@@ -1,4 +1,4 @@
-"""The NGP hash-grid encoding against tiny-cuda-nn's formulas, worked out by hand in plain Python integers.
+"""The hash-grid encoding against tiny-cuda-nn's formulas, worked out by hand in plain Python integers.
 
 Test grid: 2 levels, base resolution 3, per-level scale 2, log2 table size 6 (T <= 64).
   level 0: scale = 2^0 * 3 - 1 = 2, res = ceil(2) + 1 = 3, 3^3 = 27 -> next multiple of 8 = 32 <= 64: dense, T = 32
@@ -9,12 +9,11 @@ Points are multiples of 1/8, so ``scale * x + 0.5`` and every trilinear weight a
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
 
-from srn_core.fields.hashgrid import NGP, HashGridEncoding, NGPConfig, hash_grid_levels
+from srn_core.fields.hashgrid import HashGridEncoding, hash_grid_levels
 
 PRIMES = (1, 2654435761, 805459861)
 TINY = dict(n_levels=2, n_features_per_level=2, log2_hashmap_size=6, base_resolution=3, per_level_scale=2.0)
@@ -197,31 +196,7 @@ def test_gradients_match_hand_formula():
             assert grad_x[n, d].item() == pytest.approx(expected, rel=1e-4, abs=1e-3)
 
 
-def test_ngp_field_maps_the_cube_to_unit_inputs_and_counts_parameters():
-    cfg = NGPConfig(n_levels=2, n_features_per_level=2, log2_hashmap_size=6, base_resolution=3,
-                    per_level_scale=2.0, width=8, n_hidden_layers=1)
-    field = NGP(cfg, value_range=(-1.0, 3.0))
-    assert field.num_parameters() == NGP.count(cfg) == 192 + 4 * 8 + 8
-    points = torch.tensor([[-1.0, 0.0, 1.0], [0.5, -0.25, 0.75]])
-    with torch.no_grad():
-        expected = field.decoder(field.encoding((points + 1) / 2))[:, 0] * 4.0 - 1.0
-        assert torch.allclose(field(points), expected)
-    assert field.encoding.encoding_config() == {
-        "otype": "HashGrid", "n_levels": 2, "n_features_per_level": 2, "log2_hashmap_size": 6,
-        "base_resolution": 3, "per_level_scale": 2.0, "interpolation": "Linear"}
-
-
 def test_default_initialisation_matches_tcnn():
     enc = HashGridEncoding(**TINY)
     assert enc.params.dtype == torch.float32
     assert enc.params.abs().max().item() <= 1e-4
-
-
-def test_accelerator_is_optional():
-    from srn_core import accel
-
-    assert isinstance(accel.tcnn_available(), bool)
-    if not torch.cuda.is_available():
-        assert accel.tcnn_available() is False
-        assert accel.tcnn_encoding(3, {"otype": "HashGrid"}) is None
-        assert "tinycudann" not in sys.modules  # never imported without CUDA

@@ -33,7 +33,7 @@ def inia19_model():
     from srn_core.data import Volume, read_nifti
     from srn_core.fields import field_for_budget
     from srn_core.geometry import ImageGeometry
-    from srn_core.model import NeuralVolume
+    from srn_core.loading import load_model
     from srn_core.training import TrainConfig, train
 
     full = read_nifti(INIA19)
@@ -46,7 +46,7 @@ def inia19_model():
         digest.update(source.read_bytes())
     cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"inia19-half-{digest.hexdigest()[:16]}.srn"
     if cache.is_file():
-        return volume, NeuralVolume.load(cache)
+        return volume, load_model(cache)
     torch.manual_seed(0)
     field = field_for_budget("apmgsrn", 20_000, geometry.shape, volume.value_range)
     result = train(volume, field, config)
