@@ -34,6 +34,7 @@ from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core.fields.base import MIN_BUDGET
+from srn_core.modelfile import check_folder_writable
 from srn_core.training import check_training_memory
 
 from . import parallel
@@ -230,6 +231,11 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             raise ValueError(f"ModelFileName {name!r} is a folder; give a file name.")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"ModelFileName {name!r}: the folder {str(path.parent)!r} does not exist.")
+        try:  # a read-only folder must fail now, not after the whole training
+            check_folder_writable(path)
+        except OSError as exc:
+            raise OSError(f"ModelFileName {name!r}: the folder {str(path.parent)!r} is not writable "
+                          f"({exc.strerror or exc}); no training was started.") from None
         return path
 
 

@@ -7,13 +7,13 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from srn_core.data import suffix_of
 from srn_core.memory import format_bytes, parse_bytes
+from srn_core.modelfile import check_folder_writable
 
 from . import io, render_command
 from .progress import progress_bar
@@ -156,15 +156,11 @@ def _check_model_output(out: Path, input_path: str) -> None:
     if out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path):
         raise ValueError(f"output {str(out)!r} is the input volume {input_path!r} (the same file); "
                          f"writing the model there would replace the training data.")
-    # Writing is the only reliable test (permissions, read-only mounts, ACLs, root squash): create and remove
-    # an empty file where the model's temporary file will go.
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
+        check_folder_writable(out)
     except OSError as exc:
         raise OSError(f"cannot write the model to folder {str(folder)!r} ({exc.strerror or exc}); "
                       f"choose an output in a writable folder.") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 # ---- srn resample ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import secrets
 import stat
 from pathlib import Path
@@ -23,6 +24,20 @@ METADATA_KEY = "neural_volume"
 
 class ModelFileError(ValueError):
     """A model file that is missing, truncated, corrupt or not ours."""
+
+
+def check_folder_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any long work, an output whose folder cannot take the file :func:`atomic_write` makes.
+
+    Writing is the only reliable test (permissions, read-only mounts, ACLs, root squash): an empty file is
+    created and removed where the temporary file will go. Raises the ``OSError`` of that attempt (its
+    ``strerror`` says why); the caller names its own parameter in the message.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -178,3 +178,59 @@ def test_unknown_array_fails_cleanly(small_image, tmp_path):
 
 
 # ---- NeuralVolumeError ----------------------------------------------------------------------------
+
+
+READ_ONLY_SCRIPT = """
+import sys, time
+import numpy as np
+from vtkmodules.vtkCommonCore import vtkCommand
+from paraview_plugin import TrainNeuralVolume
+from paraview_plugin.vtk_image import image_from_array
+from srn_core.geometry import ImageGeometry
+
+g = ImageGeometry((12, 10, 8), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+image = image_from_array(np.random.default_rng(0).random(g.shape, dtype=np.float32), g, "density")
+trainer = TrainNeuralVolume()
+trainer.SetInputDataObject(0, image)
+trainer.SetModelFileName(sys.argv[1])
+trainer.SetSteps(100000)
+errors = []
+trainer.AddObserver(vtkCommand.ErrorEvent, lambda o, e: errors.append(o.last_error))
+start = time.perf_counter()
+trainer.Update()
+print(f"{time.perf_counter() - start:.3f}")
+print(errors[0] if errors else "no error")
+"""
+
+
+def _without_root_override():
+    """Drop CAP_DAC_OVERRIDE from the bounding set, so that even root honours a read-only folder after exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_a_read_only_model_folder_fails_before_training(tmp_path):
+    """Before, 100000 steps would train and the write would fail at the end: now one error and no training."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    try:
+        out = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT, str(folder / "m.srn")], capture_output=True,
+                             text=True, timeout=300, env=env,
+                             preexec_fn=_without_root_override if os.geteuid() == 0 else None)
+    finally:
+        os.chmod(folder, 0o755)
+    assert out.returncode == 0, out.stderr
+    seconds, message = out.stdout.strip().splitlines()[-2:]
+    assert message == (f"TrainNeuralVolume: ModelFileName '{folder}/m.srn': the folder '{folder}' is not writable "
+                       f"(Permission denied); no training was started."), out.stdout
+    assert float(seconds) < 5.0 and os.listdir(folder) == []
