@@ -16,6 +16,7 @@ from srn_core.memory import format_bytes, parse_bytes
 from srn_core.modelfile import check_folder_writable
 
 from . import io, render_command
+from .arguments import non_negative_float, positive_float, positive_int
 from .progress import progress_bar
 
 ARCHITECTURES = ("apmgsrn", "fvsrn", "ngp", "siren")
@@ -27,36 +28,6 @@ def parse_size(text: str) -> int:
         return parse_bytes(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must look like 500KB, 1MB or 2.5GiB, got {text!r}.") from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}.")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}.")
-    return v
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}.")
-    return v
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:

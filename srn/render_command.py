@@ -5,27 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .arguments import number
+
 
 def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}.")
-        return value
-    return parse
+    return number(kind, lambda v: v > 0, "a positive number")
 
 
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}.")
-    return value
+_unit = number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

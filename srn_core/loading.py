@@ -16,7 +16,7 @@ import torch
 
 from .devices import resolve_device
 from .model import NeuralVolume, check_value_range
-from .modelfile import ModelFileError, load_tensors
+from .modelfile import ModelFileError, file_mode, load_tensors
 from .peers import CHECKPOINT_NAME, OPTIONS_NAME, load_peer_checkpoint
 
 
@@ -27,13 +27,7 @@ def model_path(path: str | os.PathLike) -> Path:
     the folder. Only ``stat`` is used here: opening a FIFO would block.
     """
     path = Path(path).expanduser()
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist.") from None
-    except PermissionError:
-        raise PermissionError(f"model file {str(path)!r} cannot be read: permission denied.") from None
-    if stat.S_ISREG(mode) and path.name in (OPTIONS_NAME, CHECKPOINT_NAME) and (path.parent / OPTIONS_NAME).is_file():
+    if stat.S_ISREG(file_mode(path)) and path.name in (OPTIONS_NAME, CHECKPOINT_NAME) and (path.parent / OPTIONS_NAME).is_file():
         return path.parent
     return path
 

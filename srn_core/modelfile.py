@@ -87,6 +87,19 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_I
                (stat.S_ISBLK, "a block device"))
 
 
+def file_mode(path: str | os.PathLike, what: str = "model file") -> int:
+    """``os.stat(path).st_mode``; a missing or unreachable ``path`` is one sentence naming ``what`` and the path.
+
+    Only ``stat`` is used: opening a FIFO would block.
+    """
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.") from None
+    except PermissionError:
+        raise PermissionError(f"{what} {str(path)!r} cannot be read: permission denied.") from None
+
+
 def check_readable_file(path: str | os.PathLike, what: str = "model file") -> None:
     """Refuse, before opening it, a ``path`` that is missing, not a regular file or not readable.
 
@@ -94,12 +107,7 @@ def check_readable_file(path: str | os.PathLike, what: str = "model file") -> No
     device yields no file at all, so both are refused from their ``stat`` alone.
     """
     name = str(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {name!r} does not exist.") from None
-    except PermissionError:
-        raise PermissionError(f"{what} {name!r} cannot be read: permission denied.") from None
+    mode = file_mode(path, what)
     if stat.S_ISDIR(mode):
         raise ModelFileError(f"{what} {name!r} is a folder, not a file.")
     for is_kind, kind in _FILE_KINDS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from srn_core import metrics
 from srn_core.geometry import ImageGeometry
 from srn_core.loading import load_model
 
+from privileges import without_root_override
 from vtk_events import Events, field_value, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
 
 
@@ -203,15 +203,6 @@ print(errors[0] if errors else "no error")
 """
 
 
-def _without_root_override():
-    """Drop CAP_DAC_OVERRIDE from the bounding set, so that even root honours a read-only folder after exec."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
 def test_a_read_only_model_folder_fails_before_training(tmp_path):
     """Before, 100000 steps would train and the write would fail at the end: now one error and no training."""
     import os
@@ -226,7 +217,7 @@ def test_a_read_only_model_folder_fails_before_training(tmp_path):
     try:
         out = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT, str(folder / "m.srn")], capture_output=True,
                              text=True, timeout=300, env=env,
-                             preexec_fn=_without_root_override if os.geteuid() == 0 else None)
+                             preexec_fn=without_root_override if os.geteuid() == 0 else None)
     finally:
         os.chmod(folder, 0o755)
     assert out.returncode == 0, out.stderr

@@ -6,7 +6,6 @@ no file. A full disk when the model is written (a file-size limit set on the run
 checkpoint, so that `--resume` writes the model without training again.
 """
 
-import ctypes
 import os
 import resource
 import subprocess
@@ -16,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from privileges import without_root_override
 from srn_core.modelfile import load_tensors
 
 # One CPU thread: the machine's other processes then cost these runs time, not the collapse of defect 4.
@@ -97,19 +97,12 @@ def test_a_checkpoint_of_an_interrupted_run_is_not_overwritten_without_resume(fo
     assert (folder / "m.srn.checkpoint").read_bytes() == b"hours of training"
 
 
-def _without_root_override():
-    """Drop CAP_DAC_OVERRIDE from the bounding set, so that even root honours a read-only folder after exec."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
 def test_a_read_only_output_folder_fails_before_training(folder):
     (folder / "ro").mkdir()
     os.chmod(folder / "ro", 0o555)
     try:
         out = srn("train", folder / "vol.npy", "-o", folder / "ro" / "m.srn", "--steps", 100000, "--ratio", 2,
-                  preexec_fn=_without_root_override if os.geteuid() == 0 else None)
+                  preexec_fn=without_root_override if os.geteuid() == 0 else None)
     finally:
         os.chmod(folder / "ro", 0o755)
     _one_error(out, 1, f"cannot write the model to folder '{folder}/ro' (Permission denied); choose an output "
