@@ -49,7 +49,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> N
         model = NeuralVolume.from_tensors(tensors, meta, str(path), device)
         where = f"model file {str(path)!r}"
     check_finite(model, where)
+    model.file_bytes = _bytes_on_disk(path)
     return model
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """A file's size, or the total size of the files in a peer's folder (what a user would copy)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def check_finite(model: NeuralVolume, where: str) -> None:

@@ -13,6 +13,7 @@ from .evaluate import DEFAULT_CHUNK_SIZE, evaluate_image
 from .fields import Field, build_field
 from .geometry import ImageGeometry
 from .memory import check_allocation, format_bytes
+from .compression import Compression, decode_state, describe_storage, encode_state
 from .modelfile import ModelFileError, save_tensors
 
 
@@ -30,6 +31,11 @@ class NeuralVolume:
     training: dict[str, Any] = dataclass_field(default_factory=dict)
     source: str = ""
     """Where it was loaded from (a path; peers' checkpoints are named by their folder)."""
+    file_bytes: int | None = None
+    """Bytes on disk of the file (or peer folder) it was last loaded from or saved to; ``None`` for a model
+    that has never been in a file."""
+    storage: dict[str, Any] | None = None
+    """How that file stores each tensor (:mod:`srn_core.compression`); ``None`` for float32."""
 
     @property
     def bounds(self):
@@ -45,9 +51,20 @@ class NeuralVolume:
         return self.field.num_parameters()
 
     @property
-    def compression_ratio(self) -> float:
+    def parameter_ratio(self) -> float:
         """float32 bytes of the training data / float32 bytes of the parameters."""
         return self.geometry.num_points / max(1, self.num_parameters)
+
+    @property
+    def file_ratio(self) -> float | None:
+        """float32 bytes of the training data / bytes of the model's file; ``None`` without a file."""
+        return self.geometry.num_points * 4 / self.file_bytes if self.file_bytes else None
+
+    @property
+    def compression_ratio(self) -> float:
+        """The ratio a user compares with other compressors: data bytes over the file's bytes when the model
+        is in a file (header and all), else over its float32 parameters."""
+        return self.file_ratio or self.parameter_ratio
 
     def resample(self, geometry: ImageGeometry | None = None, extent=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  outside: str = "clamp", fill_value: float = 0.0):
@@ -67,10 +84,21 @@ class NeuralVolume:
         }
 
     # ---- files (loading any model path is srn_core.loading.load_model) ------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model file atomically (safetensors + JSON metadata)."""
-        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        save_tensors(path, tensors, self.metadata())
+    def save(self, path: str | os.PathLike, compression: Compression | None = None) -> None:
+        """Write the model file atomically (safetensors + JSON metadata): float32 tensors, or with
+        ``compression`` quantized and entropy-coded ones (:mod:`srn_core.compression`).
+
+        Afterwards :attr:`file_bytes` and :attr:`storage` describe the written file.
+        """
+        meta = self.metadata()
+        if compression is None:
+            tensors, storage = self.field.state_dict(), None
+        else:
+            tensors, storage = encode_state(self.field, compression)
+            meta["storage"] = {f"field.{k}": v for k, v in storage.items()}
+        save_tensors(path, {f"field.{k}": v for k, v in tensors.items()}, meta)
+        self.file_bytes = os.path.getsize(path)
+        self.storage = meta.get("storage")
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "",
@@ -89,6 +117,11 @@ class NeuralVolume:
                 shell = build_field(architecture, config, value_range)
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as exc:
             raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
+        storage = meta.get("storage")
+        if storage is not None:
+            declared = {f"field.{k}": tuple(v.shape) for k, v in shell.state_dict().items()}
+            tensors = decode_state(tensors, storage, declared, where)
+            state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         _check_state_shapes(shell, state, where)
         nbytes = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
         check_allocation(nbytes, f"{where} ({architecture}, {shell.num_parameters():,} parameters)")
@@ -98,7 +131,7 @@ class NeuralVolume:
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
         field.to(device).eval()
-        return cls(field, geometry, array_name, training, source)
+        return cls(field, geometry, array_name, training, source, storage=storage)
 
     def describe(self) -> str:
         """A human-readable summary (what ``srn info`` prints)."""
@@ -107,10 +140,13 @@ class NeuralVolume:
         lines = [
             f"model         {self.source}",
             f"architecture  {self.field.architecture}",
-            f"parameters    {self.num_parameters:,} ({self.num_parameters * 4 / 1e6:.3f} MB as float32)",
+            f"parameters    {self.num_parameters:,} ({self.num_parameters * 4 / 1e6:.3f} MB as float32; "
+            f"{self.parameter_ratio:.1f}x vs the float32 data)",
             f"array         {self.array_name}  range [{lo:.6g}, {hi:.6g}]",
-            f"data dims     {g.dims[0]} x {g.dims[1]} x {g.dims[2]} points "
-            f"({g.num_points:,}; compression {self.compression_ratio:.1f}x vs float32)",
+            f"data dims     {g.dims[0]} x {g.dims[1]} x {g.dims[2]} points ({g.num_points:,}; "
+            f"{format_bytes(g.num_points * 4)} as float32)",
+            *([f"file          {self.file_bytes:,} bytes ({describe_storage(self.storage)}); "
+               f"ratio {self.file_ratio:.1f}x vs the float32 data"] if self.file_bytes else []),
             f"origin        {tuple(round(v, 6) for v in g.origin)}",
             f"spacing       {tuple(round(v, 6) for v in g.spacing)}",
             f"bounds        {tuple(round(v, 6) for v in g.bounds)}",

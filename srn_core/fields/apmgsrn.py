@@ -88,6 +88,8 @@ def _initial_transforms(n_grids: int, kind: str) -> torch.Tensor:
 class APMGSRN(Field):
     architecture = "apmgsrn"
     Config = APMGSRNConfig
+    grid_tensors = ("feature_grids",)
+    exact_tensors = ("transforms",)
 
     def __init__(self, config: APMGSRNConfig = APMGSRNConfig(), value_range=(0.0, 1.0)):
         super().__init__(config, value_range)

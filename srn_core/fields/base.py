@@ -23,6 +23,12 @@ class Field(nn.Module):
     Config: ClassVar[type]
     default_lr: ClassVar[float] = 0.01
     """The Adam learning rate the architecture trains well with (grid models: the APMGSRN paper's 0.01)."""
+    grid_tensors: ClassVar[tuple[str, ...]] = ()
+    """State-dict names of the feature grids / hash tables: what a compressed file quantizes per channel to its
+    grid bits (:mod:`srn_core.compression`); every other floating tensor counts as a decoder weight."""
+    exact_tensors: ClassVar[tuple[str, ...]] = ()
+    """State-dict names that compressed files keep float32 (besides ``value_range``): few values whose error
+    would move everything, such as APMGSRN's grid transforms."""
     clamp_output: bool = True
     """Clamp :meth:`forward` to ``value_range``. Every true value lies in the range, so clamping can only bring a
     prediction closer to it; turn it off to see the decoder's raw output. A run-time switch, not part of the

@@ -52,6 +52,7 @@ class FVSRN(Field):
 
     architecture = "fvsrn"
     Config = FVSRNConfig
+    grid_tensors = ("feature_grid",)
 
     def __init__(self, config: FVSRNConfig = FVSRNConfig(), value_range=(0.0, 1.0)):
         super().__init__(config, value_range)

@@ -46,6 +46,7 @@ class NGP(Field):
 
     architecture = "ngp"
     Config = NGPConfig
+    grid_tensors = ("encoding.params",)
 
     def __init__(self, config: NGPConfig = NGPConfig(), value_range=(0.0, 1.0)):
         super().__init__(config, value_range)
