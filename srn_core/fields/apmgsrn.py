@@ -150,10 +150,15 @@ class APMGSRN(Field):
     # ---- budgets -------------------------------------------------------------------------------
     @classmethod
     def config_for_budget(cls, num_params: int, data_shape_zyx) -> APMGSRNConfig:
-        """The paper's family (16 grids, 2-layer decoder) scaled to ``num_params``, grids shaped like the data."""
-        n_grids = 16
+        """The paper's family (16 grids, 2-layer decoder) scaled to ``num_params``, grids shaped like the data.
+
+        Below 8,000 parameters (the kilobyte files of 1000x and more) 16 grids and a 32-wide decoder would
+        leave the grids a few cells each, so such models get 8 grids and a 16-wide decoder.
+        """
+        tiny = num_params < 8_000
+        n_grids = 8 if tiny else 16
         n_features = 1 if num_params < 300_000 else 2 if num_params < 4_000_000 else 4
-        width = 32 if num_params < 100_000 else 64
+        width = 16 if tiny else 32 if num_params < 100_000 else 64
         decoder = MLP.count(n_grids * n_features, 1, width, 2) + n_grids * 16
         voxels = max(8, (num_params - decoder) // (n_grids * n_features))
         shape = fit_grid_shape(voxels, data_shape_zyx)

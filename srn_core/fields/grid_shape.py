@@ -47,6 +47,7 @@ def fit_grid_shape(voxels: int, data_shape_zyx, slack: int = 3) -> tuple[int, in
     def distortion(shape):  # log distance from the data's proportions
         return sum(abs(math.log(n / v)) for n, v in zip(shape, ideal))
 
-    # Trade cells against proportions (1 % fewer cells ~ 0.2 of log distortion), within 1.5 % of the budget.
-    limit = max(0.015, min(shortfall(s) for s in shapes))
+    # Trade cells against proportions (1 % fewer cells ~ 0.2 of log distortion), within 1.5 % of the budget;
+    # tiny grids (a few cells per axis, where one cell is 10 % or more) may fall short by half a cell.
+    limit = max(0.015, 0.5 / min(ideal), min(shortfall(s) for s in shapes))
     return min((s for s in shapes if shortfall(s) <= limit), key=lambda s: (100 * shortfall(s) + 5 * distortion(s), s))
