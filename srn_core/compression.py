@@ -445,11 +445,20 @@ def parameters_for_file_size(architecture: str, nbytes: float, data_shape_zyx,
             shell = field_for_budget(architecture, budget, data_shape_zyx)
         return estimated_file_bytes(shell, compression)
 
-    if size(MIN_BUDGET) > nbytes:
+    smallest = MIN_BUDGET
+    while True:  # some architectures (NGP's hash levels) cannot be built for the smallest budgets
+        try:
+            smallest_bytes = size(smallest)
+            break
+        except ValueError:
+            if smallest > nbytes * 8:  # a file holds at most 2 parameters per byte (4-bit codes)
+                raise
+            smallest *= 2
+    if smallest_bytes > nbytes:
         raise ValueError(f"a {architecture} model file cannot be as small as {int(nbytes):,} bytes (the smallest "
-                         f"is about {size(MIN_BUDGET):,} bytes); ask for a lower ratio or a larger size.")
-    lo, hi = MIN_BUDGET, MIN_BUDGET
-    while size(hi) <= nbytes:  # a file holds at most 8 parameters per byte (4-bit), so this ends quickly
+                         f"is about {smallest_bytes:,} bytes); ask for a lower ratio or a larger size.")
+    lo, hi = smallest, smallest
+    while size(hi) <= nbytes:  # a file holds at most 2 parameters per byte (4-bit codes), so this ends quickly
         lo, hi = hi, hi * 2
     while hi - lo > max(1, lo // 1000):
         mid = (lo + hi) // 2

@@ -118,13 +118,15 @@ def test_estimated_size_is_close_to_the_real_file(tmp_path):
         assert estimated_file_bytes(field, compression) == pytest.approx(model.file_bytes, rel=0.03)
 
 
-@pytest.mark.parametrize("compression", [None, Compression(), Compression(bits=5)])
-def test_the_budget_search_picks_the_largest_model_whose_file_fits(compression):
+@pytest.mark.parametrize("architecture, compression", [("apmgsrn", None), ("apmgsrn", Compression()),
+                                                        ("apmgsrn", Compression(bits=5)), ("fvsrn", Compression()),
+                                                        ("ngp", Compression()), ("siren", Compression())])
+def test_the_budget_search_picks_the_largest_model_whose_file_fits(architecture, compression):
     shape, nbytes = (128, 206, 168), 100_000
-    budget = parameters_for_file_size("apmgsrn", nbytes, shape, compression)
+    budget = parameters_for_file_size(architecture, nbytes, shape, compression)
     with torch.device("meta"):
-        fits = estimated_file_bytes(field_for_budget("apmgsrn", budget, shape), compression)
-        over = estimated_file_bytes(field_for_budget("apmgsrn", int(budget * 1.01) + 1, shape), compression)
+        fits = estimated_file_bytes(field_for_budget(architecture, budget, shape), compression)
+        over = estimated_file_bytes(field_for_budget(architecture, int(budget * 1.01) + 1, shape), compression)
     assert fits <= nbytes < over
 
 
