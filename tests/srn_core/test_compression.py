@@ -73,8 +73,9 @@ def test_roles_keep_transforms_and_range_exact():
 
 
 @pytest.mark.parametrize("compression", [Compression(), Compression(bits=4, decoder_bits=8), Compression(bits=16),
-                                         Compression(bits=6, codec="none"), Compression(codec="sz3")],
-                         ids=["8-zstd", "4-8-zstd", "16-zstd", "6-none", "sz3"])
+                                         Compression(codec="zstd"), Compression(bits=6, codec="none"),
+                                         Compression(codec="sz3")],
+                         ids=["8-lzma", "4-8-lzma", "16-lzma", "8-zstd", "6-none", "sz3"])
 def test_compressed_file_loads_within_the_quantization_bound(tmp_path, compression):
     model = small_model()
     path = tmp_path / "m.srn"
@@ -139,7 +140,7 @@ def test_a_file_smaller_than_any_model_is_refused():
     ({"bits": 0}, "bits must be an integer from 4 to 16, got 0."),
     ({"bits": 40}, "bits must be an integer from 4 to 16, got 40."),
     ({"decoder_bits": 2}, "decoder_bits must be an integer from 4 to 16, got 2."),
-    ({"codec": "gzip"}, "codec must be one of zstd, none, sz3, got 'gzip'."),
+    ({"codec": "gzip"}, "codec must be one of lzma, zstd, none, sz3, got 'gzip'."),
     ({"codec": "zstd", "error_bound": 0.01}, "error_bound applies to the sz3 codec only"),
     ({"codec": "sz3", "error_bound": 2.0}, "error_bound must be a fraction of the value range in (0, 1), got 2.0."),
 ])
@@ -176,7 +177,7 @@ def _set(key, value, name=GRID):
 
 
 def _scale_nan(tensors):
-    # zstd off (codec none) so the scale bytes can be poked: offsets first (8 channels), then scales.
+    # lossless stage off (codec none) so the scale bytes can be poked: offsets first (8 channels), then scales.
     raw = bytearray(tensors[GRID].numpy().tobytes())
     raw[32:36] = struct.pack("<f", float("nan"))
     tensors[GRID] = torch.frombuffer(raw, dtype=torch.uint8).clone()
@@ -197,17 +198,21 @@ def _garble(tensors):
     (Compression(), _set("bits", 0), None, "bits must be an integer from 1 to 16, got 0."),
     (Compression(), _set("bits", 40), None, "bits must be an integer from 1 to 16, got 40."),
     (Compression(), _set("bits", "8"), None, "bits must be an integer from 1 to 16, got '8'."),
+    (Compression(), _set("bits", 4), None, "a code exceeds 4 bits (a damaged file)."),
     (Compression(codec="none"), None, _scale_nan, "quantization offsets and scales must be finite"),
     (Compression(codec="none"), None, _truncate, "the payload holds"),
     (Compression(codec="none"), _set("bytes", 10 ** 6), None, "the payload holds"),
-    (Compression(), None, _garble, "its zstd stream does not decode"),
+    (Compression(), None, _garble, "its lzma stream does not decode"),
+    (Compression(codec="zstd"), None, _garble, "its zstd stream does not decode"),
+    (Compression(), _set("dict_size", 1 << 40), None, "dict_size 1,099,511,627,776 is larger than LZMA's"),
     (Compression(), _set("raw_bytes", 10 ** 9), None, "raw_bytes 1000000000 does not match"),
     (Compression(), _set("shape", [4, 2, 500, 600, 700]), None, "stored with shape [4, 2, 500, 600, 700], but the config declares"),
     (Compression(), _set("encoding", "jpeg"), None, "unknown encoding 'jpeg'"),
     (Compression(), _set("codec", "brotli"), None, "unknown codec 'brotli'"),
     (Compression(codec="sz3"), None, _garble, "SZ3 stream"),
     (Compression(codec="sz3"), _set("stream_bytes", [1, 2]), None, "stream_bytes must list 8 positive stream lengths"),
-], ids=["bits0", "bits40", "bits-string", "nan-scale", "short-payload", "declared-longer", "zstd-garbage",
+], ids=["bits0", "bits40", "bits-string", "bits-too-few", "nan-scale", "short-payload", "declared-longer", "lzma-garbage",
+        "zstd-garbage", "lzma-dict",
         "raw-bytes", "huge-shape", "encoding", "codec", "sz3-garbage", "sz3-lengths"])
 def test_damaged_quantization_metadata_gives_one_clear_error(tmp_path, compression, storage_edit, tensor_edit,
                                                              message):
