@@ -9,7 +9,11 @@ example a ``NeuralVolumeSource`` sampled on the same grid) or, when input 1 is n
 * ``SignedError`` = ``reconstruction - reference``
 
 at the reference array's association (point or cell), and field data ``PSNR`` (dB), ``MaxError``, ``MSE``,
-``SSIM`` and ``DataRange`` computed by :mod:`srn_core.metrics` (the same numbers ``srn eval`` prints). Without
+``SSIM`` and ``DataRange`` computed by :mod:`srn_core.metrics` (the same numbers ``srn eval`` prints). When the
+model in ``ModelFileName`` is compared, the field data also hold its file's ``CompressionRatio`` (the float32
+training data's bytes over the file's bytes, as ``srn eval`` prints it), ``FileBytes`` and
+``NumberOfParameters``, and ``ModelFileStorage`` says how it stores its tensors (e.g. "grids 8-bit + lzma,
+decoder 12-bit" or "float32"). Without
 scikit-image (as in a bare ParaView Python) ``SSIM`` is NaN and a warning says why.
 
 In parallel (``pvbatch``/``pvserver`` under MPI) each rank compares only its own piece, and the ranks combine
@@ -29,6 +33,7 @@ from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
+from srn_core.compression import describe_storage
 
 from . import model_cache, parallel
 from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
@@ -53,7 +58,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         NeuralAlgorithmBase.__init__(self, ErrorSettings(), nInputPorts=2, inputType="vtkImageData",
                                      nOutputPorts=1, outputType="vtkImageData")
         self.metrics: dict[str, float] = {}
-        """The metrics of the last execution."""
+        """The field values of the last execution (with the model file's when ``ModelFileName`` was used)."""
 
     def FillInputPortInformation(self, port, info):
         info.Set(vtkAlgorithm.INPUT_REQUIRED_DATA_TYPE(), "vtkImageData")
@@ -89,7 +94,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         output.Initialize()
         self.metrics = {}
         controller = parallel.piece_controller(outInfo)
-        sums, ssim, failure = metrics.ErrorSums(), math.nan, None
+        sums, ssim, failure, file_values = metrics.ErrorSums(), math.nan, None, {}
         image = vtkImageData.GetData(inInfo[0])
         # Under MPI a rank may receive an empty piece (more ranks than slabs): it contributes nothing.
         empty_piece = controller is not None and (image is None or image.GetNumberOfPoints() == 0)
@@ -99,7 +104,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 if image is None or image.GetNumberOfPoints() == 0:
                     raise ValueError("the reference (input 0) is empty.")
                 reference, used = selected_volume(self, image, mask_nonfinite=True)
-                recon = self._reconstruction(inInfo, reference, used)
+                recon, file_values = self._reconstruction(inInfo, reference, used)
                 ref = reference.values
                 signed = recon.astype(np.float32) - ref
                 mask = reference.finite_mask
@@ -128,7 +133,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
             if failed_elsewhere:
                 raise ValueError("another MPI rank failed (see its error), so there are no whole-volume metrics.")
             values = {"PSNR": sums.psnr, "MaxError": sums.max_abs, "MSE": sums.mse, "SSIM": ssim,
-                      "DataRange": sums.data_range}
+                      "DataRange": sums.data_range, **file_values}
             if not empty_piece:
                 output.CopyStructure(image)
                 attach_array(output, signed, "SignedError", used, active=False)
@@ -138,8 +143,9 @@ class NeuralVolumeError(NeuralAlgorithmBase):
 
         return self.guarded(output, produce, failure)
 
-    def _reconstruction(self, inInfo, reference, association: str) -> np.ndarray:
-        """The reconstruction's values on the reference's grid, shaped like ``reference.values``."""
+    def _reconstruction(self, inInfo, reference, association: str) -> tuple[np.ndarray, dict]:
+        """The reconstruction's values on the reference's grid, shaped like ``reference.values``, and the model
+        file's field values (``{}`` for a reconstruction on input 1)."""
         other = vtkImageData.GetData(inInfo[1]) if inInfo[1].GetNumberOfInformationObjects() > 0 else None
         if other is not None:
             name, assoc = selected_array(self, 1)
@@ -154,11 +160,14 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 raise ValueError(f"input 1 ({h.dims[0]}x{h.dims[1]}x{h.dims[2]} points, origin {h.origin}, spacing "
                                  f"{h.spacing}) is not on the reference's grid ({g.dims[0]}x{g.dims[1]}x{g.dims[2]}, "
                                  f"origin {g.origin}, spacing {g.spacing}); resample it first.")
-            return volume.values
+            return volume.values, {}
         if not self._config.model_file_name:
             raise ValueError("nothing to compare with: connect a reconstruction to input 1 or set ModelFileName.")
         model, _ = model_cache.load_cached(self._config.model_file_name, self._config.device)
-        return model.resample(reference.geometry, chunk_size=self._config.chunk_size)
+        file_values = {"CompressionRatio": model.compression_ratio, "FileBytes": float(model.file_bytes or 0),
+                       "NumberOfParameters": float(model.num_parameters),
+                       "ModelFileStorage": describe_storage(model.storage)}
+        return model.resample(reference.geometry, chunk_size=self._config.chunk_size), file_values
 
     def _ssim(self, ref, recon, mask) -> float:
         try:

@@ -13,8 +13,13 @@ Training runs the core's training entry point (:func:`srn_core.training.fit`, as
 same ``Seed`` gives the same model bit for bit on the CPU) on the selected point or cell array; the model file
 is written atomically. The output has the input's geometry and the reconstruction (the model
 sampled at the input's points, or cell centres for cell data) under the input array's name, with field data
-``PSNR`` (dB, whole volume), ``CompressionRatio``, ``NumberOfParameters``, ``TrainingSeconds`` and
-``TrainingSteps``. Progress is reported through ``UpdateProgress``; an abort request (``SetAbortExecute`` /
+``PSNR`` (dB, whole volume), ``CompressionRatio`` (the data's float32 bytes over the model file's bytes),
+``FileBytes``, ``NumberOfParameters``, ``TrainingSeconds`` and ``TrainingSteps``.
+
+The model file is compressed by default (``Compress``: ``Bits``-bit feature grids, ``DecoderBits``-bit decoder
+weights, then ``Codec``; :mod:`srn_core.compression`), as ``srn train`` writes it. The model's size is
+``ParameterBudget`` parameters, or, when ``TargetRatio`` or ``TargetSize`` is set, the largest model whose FILE
+is that many times smaller than the float32 data, or that many bytes (as ``srn train --ratio/--size``). Progress is reported through ``UpdateProgress``; an abort request (``SetAbortExecute`` /
 ParaView's abort) stops training, writes nothing and leaves the output empty.
 
 Under MPI (``pvbatch``, ``pvserver``) training needs the whole volume, not a piece: rank 0 asks its input for
@@ -25,6 +30,7 @@ output (so ``ModelFileName`` must be on a file system all ranks see). The other 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -33,7 +39,9 @@ from pathlib import Path
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
+from srn_core.compression import CODECS, MAX_BITS, MIN_BITS, Compression
 from srn_core.fields.base import MIN_BUDGET
+from srn_core.memory import format_bytes, parse_bytes
 from srn_core.modelfile import check_folder_writable
 from srn_core.training import check_training_memory
 
@@ -49,7 +57,20 @@ class TrainSettings(EvaluationSettings):
     architecture: str = "apmgsrn"
     """Field architecture (a name known to ``srn_core.fields``)."""
     parameter_budget: int = 50_000
-    """Trainable parameters of the model; the configuration is derived from it and the data's shape."""
+    """Trainable parameters of the model; the configuration is derived from it and the data's shape. Used when
+    neither ``target_ratio`` nor ``target_size`` is set."""
+    target_ratio: float = 0.0
+    """The float32 data's bytes over the model FILE's bytes (0: unused): the largest model whose file fits."""
+    target_size: str = ""
+    """The model file's size, e.g. ``"200KB"`` or ``"1.5MB"`` ("": unused): the largest model whose file fits."""
+    compress: bool = True
+    """Write a compressed model file (quantized grids and decoder, then ``codec``); off: float32 parameters."""
+    bits: int = Compression().bits
+    """Bits per feature-grid value, 4..16 (when ``compress``)."""
+    decoder_bits: int = Compression().decoder_bits
+    """Bits per decoder weight, 4..16 (when ``compress``)."""
+    codec: str = Compression().codec
+    """Stage after quantization: lzma, zstd, none, or sz3 (SZ3-coded grids, needs pysz)."""
     steps: int = 1000
     batch_size: int = 1 << 14
     learning_rate: float = 0.0
@@ -83,6 +104,24 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
 
     def SetParameterBudget(self, n):
         self._set(parameter_budget=int(n))
+
+    def SetTargetRatio(self, ratio):
+        self._set(target_ratio=float(ratio))
+
+    def SetTargetSize(self, size):
+        self._set(target_size=str(size or "").strip())
+
+    def SetCompress(self, flag):
+        self._set(compress=bool(flag))
+
+    def SetBits(self, bits):
+        self._set(bits=int(bits))
+
+    def SetDecoderBits(self, bits):
+        self._set(decoder_bits=int(bits))
+
+    def SetCodec(self, codec):
+        self._set(codec=str(codec))
 
     def SetSteps(self, n):
         self._set(steps=int(n))
@@ -127,15 +166,16 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             if empty_piece:
                 path = self._checked_output_path()
             else:
-                image, volume, used, path = self._checked_input(inInfo)
+                image, volume, used, path, budget = self._checked_input(inInfo)
             if trains:
-                summary = self._train(volume, path)
+                summary = self._train(volume, path, budget)
                 aborted = summary is None
         except Exception as exc:  # reported below, once the other ranks have been told
             failure = exc
         if controller is not None:  # rank 0's outcome, for every rank
             parallel.idle_barrier(controller)  # the others sleep while rank 0 trains
-            keys = ("PSNR", "CompressionRatio", "NumberOfParameters", "TrainingSeconds", "TrainingSteps")
+            keys = ("PSNR", "CompressionRatio", "FileBytes", "NumberOfParameters", "TrainingSeconds",
+                    "TrainingSteps")
             shared = parallel.all_reduce(controller, [float(failure is not None), float(aborted)]
                                          + [float((summary or {}).get(k, 0.0)) for k in keys])
             if failure is None and shared[0] > 0:
@@ -161,25 +201,77 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         return self.guarded(output, produce, failure)
 
     def _checked_input(self, inInfo):
-        """``(image, volume, association, model path)`` of the input, or a clear error before any training."""
+        """``(image, volume, association, model path, (parameters, target file bytes or None))`` of the input,
+        or a clear error before any training."""
         c = self._config
         image = vtkImageData.GetData(inInfo[0])
         if image is None or image.GetNumberOfPoints() == 0:
             raise ValueError("the input image is empty.")
         path = self._checked_output_path()
         self.checked_evaluation_settings()
-        if c.parameter_budget < MIN_BUDGET:
-            raise ValueError(f"ParameterBudget must be at least {MIN_BUDGET}, got {c.parameter_budget}.")
-        check_training_memory(c.parameter_budget, f"ParameterBudget {c.parameter_budget}")
+        self.compression()
+        if not (c.target_ratio or c.target_size):  # a file-size budget is checked once the data's shape is known
+            if c.parameter_budget < MIN_BUDGET:
+                raise ValueError(f"ParameterBudget must be at least {MIN_BUDGET}, got {c.parameter_budget}.")
+            check_training_memory(c.parameter_budget, f"ParameterBudget {c.parameter_budget}")
         if not (c.time_limit >= 0 and math.isfinite(c.time_limit)):
             raise ValueError(f"TimeLimit must be 0 (no limit) or a positive number of seconds, got {c.time_limit}.")
         if not (c.learning_rate >= 0 and math.isfinite(c.learning_rate)):
             raise ValueError(f"LearningRate must be 0 (the architecture's default) or positive, got "
                              f"{c.learning_rate}.")
         volume, used = selected_volume(self, image, c.mask_non_finite, mask_setting="MaskNonFinite")
-        return image, volume, used, path
+        return image, volume, used, path, self._parameter_budget(volume.geometry)
 
-    def _train(self, volume, path) -> dict | None:
+    def compression(self) -> Compression | None:
+        """The :class:`~srn_core.compression.Compression` of the model file (``None``: float32), or one error
+        naming the setting."""
+        c = self._config
+        if not c.compress:
+            return None
+        for name, value in (("Bits", c.bits), ("DecoderBits", c.decoder_bits)):
+            if not MIN_BITS <= value <= MAX_BITS:
+                raise ValueError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {value}.")
+        if c.codec not in CODECS:
+            raise ValueError(f"Codec must be one of {', '.join(CODECS)}, got {c.codec!r}.")
+        if c.codec in ("sz3", "zstd"):
+            package = {"sz3": "pysz", "zstd": "zstandard"}[c.codec]
+            try:
+                __import__(package)
+            except ImportError:
+                raise ImportError(f"Codec {c.codec} needs the {package} package in ParaView's Python; choose "
+                                  f"lzma, or install {package}.") from None
+        return Compression(c.bits, c.decoder_bits, c.codec)
+
+    def _parameter_budget(self, geometry) -> tuple[int, float | None]:
+        """``(parameters, target file bytes or None)``: ``ParameterBudget``, or the largest model whose file fits
+        ``TargetRatio`` / ``TargetSize``."""
+        from srn_core.compression import parameters_for_file_size
+
+        c = self._config
+        if c.target_ratio and c.target_size:
+            raise ValueError(f"set TargetRatio ({c.target_ratio:g}) or TargetSize ({c.target_size!r}), not both.")
+        if c.target_size:
+            try:
+                target = parse_bytes(c.target_size)
+            except ValueError:
+                raise ValueError(f"TargetSize must look like 500KB, 1MB or 2.5GiB, got {c.target_size!r}.") from None
+            asked = f"TargetSize {c.target_size}"
+        elif c.target_ratio:
+            if not (c.target_ratio > 0 and math.isfinite(c.target_ratio)):
+                raise ValueError(f"TargetRatio must be 0 (use ParameterBudget) or a positive number, got "
+                                 f"{c.target_ratio}.")
+            target = geometry.num_points * 4 / c.target_ratio
+            asked = f"TargetRatio {c.target_ratio:g} (a file of {format_bytes(target)})"
+        else:
+            return c.parameter_budget, None
+        try:
+            budget = parameters_for_file_size(c.architecture, target, geometry.shape, self.compression())
+        except ValueError as exc:
+            raise ValueError(f"{asked}: {exc}") from None
+        check_training_memory(budget, f"{asked} ({budget:,} parameters)")
+        return budget, target
+
+    def _train(self, volume, path, budget) -> dict | None:
         """Train on ``volume``, write the model to ``path``; its summary, or ``None`` when aborted."""
         from srn_core.training import TrainConfig, TrainingInterrupted, fit
 
@@ -197,15 +289,29 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         self.UpdateProgress(0.0)
         try:
             with _all_allowed_cores():
-                result = fit(volume, c.architecture, c.parameter_budget, config, callback=progress,
+                result = fit(volume, c.architecture, budget[0], config, callback=progress,
                              callback_every=max(1, min(25, c.steps // 100)))
         except TrainingInterrupted as exc:
             self.warning(f"aborted: {exc} No model was written.")
             return None
-        _save(result.model, path)
+        compression = self.compression()
+        # The output, PSNR and ratio describe the file a user will open: its quantized model, whose PSNR the
+        # file records too (as srn train does; the float model's as psnr_before_quantization).
+        measure = compression is not None and not math.isnan(result.psnr)
+        _save(result.model, path, compression, volume if measure else None, c.chunk_size)
+        if compression is not None:
+            result = dataclasses.replace(result, model=_load_model(path))
+            if measure:
+                result = dataclasses.replace(result, psnr=result.model.training["psnr"])
+        model = result.model
         self.result = result
-        return {"PSNR": result.psnr, "CompressionRatio": result.model.compression_ratio,
-                "NumberOfParameters": result.model.num_parameters, "TrainingSeconds": result.seconds,
+        target = budget[1]
+        if target is not None and abs(model.file_bytes / target - 1) > 0.10:
+            self.warning(f"the model file {str(path)!r} is {model.file_bytes:,} bytes, "
+                         f"{model.file_bytes / target - 1:+.0%} off the {int(target):,}-byte target (ratio "
+                         f"{model.file_ratio:.1f}x; entropy coding depends on the trained values).")
+        return {"PSNR": result.psnr, "CompressionRatio": model.compression_ratio, "FileBytes": model.file_bytes,
+                "NumberOfParameters": model.num_parameters, "TrainingSeconds": result.seconds,
                 "TrainingSteps": result.steps}
 
     def _fill_output(self, output, image, piece_info, model, name: str, association: str) -> None:
@@ -259,12 +365,12 @@ def _all_allowed_cores():
         torch.set_num_threads(before)
 
 
-def _save(model, path: Path) -> None:
+def _save(model, path: Path, compression: Compression | None, reference=None, chunk_size: int = 1 << 16) -> None:
     """Write the model atomically; a full disk or a failing file system is one error naming the file."""
     from safetensors import SafetensorError
 
     try:
-        model.save(path)
+        model.save(path, compression, reference=reference, chunk_size=chunk_size)
     except (OSError, SafetensorError) as exc:  # safetensors reports a failed write as its own error
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise OSError(f"ModelFileName {str(path)!r} could not be written ({reason}); no model was saved.") from None

@@ -33,6 +33,8 @@ REQS=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat .venv/.neural-volume-reqs 2>/dev/null)" != "$REQS" ]; then
   log "installing neural-volume and its requirements into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench]"
+  # mayavi only for its bundled disk_out_ref.ex2 (benchmarks/volumes.py); its own requirements are a GUI stack.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps mayavi
   echo "$REQS" > .venv/.neural-volume-reqs
 fi
 
@@ -47,5 +49,11 @@ if [ ! -f .pvvenv/.neural-volume-skimage ]; then
   # --no-deps: its dependencies would replace Debian's numpy and pillow, which ParaView's own modules import.
   .pvvenv/bin/pip install -q --disable-pip-version-check --no-deps scikit-image==0.26.0 scipy==1.15.3 lazy-loader==0.6
   touch .pvvenv/.neural-volume-skimage
+fi
+if [ ! -f .pvvenv/.neural-volume-codecs ]; then
+  log "adding zstandard and pysz to .pvvenv (the zstd and sz3 codecs of compressed model files)"
+  # --no-deps: pysz requires numpy, which would replace Debian's; its wheel works with Debian's numpy 1.24.
+  .pvvenv/bin/pip install -q --disable-pip-version-check --no-deps zstandard==0.25.0 pysz==1.1.0
+  touch .pvvenv/.neural-volume-codecs
 fi
 log "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')), .pvvenv, ParaView $(pvpython --version 2>/dev/null | awk '{print $NF}')"

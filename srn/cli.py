@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from srn_core.data import suffix_of
 from srn_core.memory import format_bytes, parse_bytes
-from srn_core.modelfile import check_folder_writable
 
-from . import io, render_command
+from . import compress_command, io, render_command
 from .arguments import non_negative_float, positive_float, positive_int
+from .compression_options import add_compression_options, compression_of, describe_file, describe_ratio, save_measured
 from .progress import progress_bar
 
 ARCHITECTURES = ("apmgsrn", "fvsrn", "ngp", "siren")
@@ -50,12 +48,13 @@ def _read_input(args, path) -> "io.data.Volume":
 # ---- srn train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    from srn_core.compression import warn_if_missed
     from srn_core.training import TrainConfig, TrainingInterrupted, check_training_memory, fit
 
     out = Path(args.output)
     checkpoint = Path(str(out) + ".checkpoint")
     # Everything that could make a finished training unwritable is checked before hours of training.
-    _check_model_output(out, args.input)
+    io.check_model_output(out, args.input)
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"checkpoint {str(checkpoint)!r} of an interrupted run exists; add --resume to continue it, "
                          f"or delete it to start afresh.")
@@ -63,19 +62,14 @@ def cmd_train(args) -> int:
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume.")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, time_limit=args.time_limit, checkpoint_every_steps=args.checkpoint_every)
+    compression = compression_of(args)
     volume = _read_input(args, args.input)
     n = volume.geometry.num_points
-    if args.params:
-        budget, asked = args.params, f"--params {args.params}"
-    elif args.size:
-        budget = args.size // 4
-        asked = f"--size {format_bytes(args.size)} ({budget:,} parameters)"
-    else:
-        budget = int(n / args.ratio)
-        asked = f"--ratio {args.ratio:g} ({budget:,} parameters)"
+    budget, target, asked = _budget(args, volume.geometry, compression)
     check_training_memory(budget, asked)
-    print(f"training {args.model} (about {budget:,} parameters, {n / max(budget, 1):.1f}x compression) on "
-          f"{volume.name!r} {volume.geometry.dims} from {args.input}", file=sys.stderr)
+    stored = compression.describe() if compression else "float32 parameters"
+    print(f"training {args.model} on {volume.name!r} {volume.geometry.dims} from {args.input}: {asked}; "
+          f"the file will hold {stored}", file=sys.stderr)
     bar = progress_bar(config.steps, "step", "train", quiet=args.quiet, interval=args.progress_interval)
 
     def report(p):
@@ -93,19 +87,23 @@ def cmd_train(args) -> int:
     bar.close()
     result.model.training["source"] = str(args.input)
     try:
-        result.model.save(out)
+        m = save_measured(result.model, out, compression, volume)
     except OSError as exc:
         kept = (f"; the training state is kept in {str(checkpoint)!r}: fix that and run the same command with "
                 f"--resume to write the model without training again") if checkpoint.exists() else ""
         raise OSError(f"could not write the model {str(out)!r} ({exc.strerror or exc}){kept}.") from None
     checkpoint.unlink(missing_ok=True)  # only now: the model file supersedes it
-    m = result.model
     measured = not math.isnan(result.psnr)
-    print(f"model     {out} ({out.stat().st_size / 1e6:.3f} MB)")
+    psnr = f"{m.training['psnr']:.2f} dB" if measured else ""
+    if "psnr_before_quantization" in m.training:
+        psnr += f" ({m.training['psnr_before_quantization']:.2f} dB before quantization)"
+    print(f"model     {out}: {describe_file(m)}")
     print(f"steps     {result.steps} in {result.seconds:.1f} s ({result.stopped_because})")
-    print(f"PSNR      {result.psnr:.2f} dB over all {n:,} voxels" if measured else
+    print(f"PSNR      {psnr} over all {n:,} voxels" if measured else
           "PSNR      not measured (interrupted during the final evaluation)")
-    print(f"ratio     {m.compression_ratio:.1f}x vs float32 ({m.num_parameters:,} parameters)")
+    print(f"ratio     {describe_ratio(m)}")
+    if target is not None:
+        warn_if_missed(m.file_bytes, target, f"the model file {str(out)!r}")
     if not measured:
         print(f"srn train: interrupted during the final evaluation; the model is saved to {str(out)!r}, "
               f"its PSNR was not measured (srn eval measures it).", file=sys.stderr)
@@ -113,25 +111,24 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _check_model_output(out: Path, input_path: str) -> None:
-    """Refuse a model path that would fail only after training, or that would destroy data."""
-    suffix = suffix_of(out)
-    if suffix in io.VOLUME_SUFFIXES:
-        raise ValueError(f"output {str(out)!r} has the volume suffix {suffix!r} but a model file is written there; "
-                         f"name it e.g. {out.name[:-len(suffix)] or 'model'}.srn.")
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a directory; it must be a file path in an existing folder.")
-    folder = out.parent
-    if not folder.resolve().is_dir():
-        raise ValueError(f"output {str(out)!r} must be a file path in an existing folder.")
-    if out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path):
-        raise ValueError(f"output {str(out)!r} is the input volume {input_path!r} (the same file); "
-                         f"writing the model there would replace the training data.")
+def _budget(args, geometry, compression):
+    """``(parameters, target file bytes or None, what the user asked)``: ``--ratio`` and ``--size`` are the size of
+    the file written (data float32 bytes / ratio), so the budget is the largest model whose file fits it."""
+    from srn_core.compression import parameters_for_file_size
+
+    if args.params:
+        return args.params, None, f"--params {args.params}"
+    if args.size:
+        target, asked, file = args.size, f"--size {format_bytes(args.size)}", ""
+    else:
+        target = geometry.num_points * 4 / args.ratio
+        asked, file = f"--ratio {args.ratio:g}", f"a file of {format_bytes(target)}, "
     try:
-        check_folder_writable(out)
-    except OSError as exc:
-        raise OSError(f"cannot write the model to folder {str(folder)!r} ({exc.strerror or exc}); "
-                      f"choose an output in a writable folder.") from None
+        budget = parameters_for_file_size(args.model, target, geometry.shape, compression)
+    except ValueError as exc:
+        raise ValueError(f"{asked}: {exc}") from None
+    asked += f" ({file}{budget:,} parameters)"
+    return budget, target, asked
 
 
 # ---- srn resample ------------------------------------------------------------------------------
@@ -190,7 +187,7 @@ def cmd_eval(args) -> int:
     print(f"PSNR          {psnr:.3f} dB")
     print(f"max abs error {metrics.max_abs_error(reference.values, recon, mask=mask):.6g}")
     print(f"SSIM          {metrics.ssim(reference.values, recon, mask=mask):.5f}")
-    print(f"ratio         {reference.geometry.num_points / model.num_parameters:.1f}x vs float32")
+    print(f"ratio         {describe_ratio(model)}")
     if args.figure:
         write_comparison_figure(args.figure, reference.values, recon, reference.geometry,
                                 title=f"{reference.name}: PSNR {psnr:.2f} dB")
@@ -220,7 +217,7 @@ def _check_reference_geometry(reference, trained, path) -> None:
 def cmd_info(args) -> int:
     from srn_core.loading import load_model
 
-    print(load_model(args.model).describe())
+    print(load_model(args.model).describe())  # its "file" line: bytes, storage and the ratio they give
     return 0
 
 
@@ -239,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.srn)")
     p.add_argument("--model", choices=ARCHITECTURES, default="apmgsrn", help="architecture (default apmgsrn)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--size", type=parse_size, help="target model size, e.g. 200KB, 1MB")
-    budget.add_argument("--params", type=positive_int, help="target parameter count")
+    budget.add_argument("--size", type=parse_size,
+                        help="size of the model file to write, e.g. 200KB, 1MB: the largest model whose file fits")
+    budget.add_argument("--params", type=positive_int, help="parameter count of the model")
     budget.add_argument("--ratio", type=positive_float, default=100.0,
-                        help="target compression vs float32 (default 100)")
+                        help="the float32 data's bytes over the model file's bytes (default 100): the largest "
+                             "model whose file is that many times smaller than the data")
     p.add_argument("--steps", type=positive_int, default=10_000, help="maximum steps (default 10000)")
     p.add_argument("--batch-size", type=positive_int, default=1 << 16, help="points per step (default 65536)")
     p.add_argument("--lr", type=positive_float,
@@ -257,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress-interval", type=non_negative_float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines when standard error is not a terminal (default 10)")
+    add_compression_options(p, float32_option=True)
     _add_input_options(p)
     p.set_defaults(run=cmd_train)
 
@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print what a model file holds")
     p.add_argument("model")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("compress", help="re-encode a model (ours or a peer's) as a compressed model file and "
+                                        "measure what it costs")
+    compress_command.add_arguments(p)
+    p.set_defaults(run=compress_command.run)
 
     p = sub.add_parser("render", help="ray-march a model into a PNG image")
     render_command.add_arguments(p)

@@ -15,7 +15,7 @@ import numpy as np
 from srn_core import data
 from srn_core.geometry import ImageGeometry
 from srn_core.memory import check_allocation, format_bytes
-from srn_core.modelfile import atomic_write
+from srn_core.modelfile import atomic_write, check_folder_writable
 
 VOLUME_SUFFIXES = (".vti", ".nii", ".nii.gz", ".nc", ".nc4", ".npy", ".raw")
 OUTPUT_SUFFIXES = (".vti", ".npy")
@@ -58,6 +58,32 @@ def read_volume(path: str | os.PathLike, array: str | None = None, mask_nonfinit
         vol = data.Volume(vol.values, ImageGeometry(g.dims, geo.get("origin", g.origin), geo.get("spacing", g.spacing)),
                           vol.name, vol.mask_nonfinite)
     return vol
+
+
+def check_model_output(out: str | os.PathLike, source: str | os.PathLike, what: str = "the input volume",
+                       consequence: str = "replace the training data") -> Path:
+    """Refuse a model path that would fail only after the work (training, re-encoding), or that would destroy
+    ``source`` (``what``: a volume, or a model file or peer folder being re-encoded). Returns ``out`` as a Path."""
+    out, source = Path(out), Path(source)
+    suffix = data.suffix_of(out)
+    if suffix in VOLUME_SUFFIXES:
+        raise ValueError(f"output {str(out)!r} has the volume suffix {suffix!r} but a model file is written there; "
+                         f"name it e.g. {out.name[:-len(suffix)] or 'model'}.srn.")
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a directory; it must be a file path in an existing folder.")
+    folder = out.parent
+    if not folder.resolve().is_dir():
+        raise ValueError(f"output {str(out)!r} must be a file path in an existing folder.")
+    if out.exists() and source.exists() and (os.path.samefile(out, source) or
+                                             (source.is_dir() and out.resolve().is_relative_to(source.resolve()))):
+        where = f"inside {what} {str(source)!r}" if source.is_dir() else f"{what} {str(source)!r} (the same file)"
+        raise ValueError(f"output {str(out)!r} is {where}; writing the model there would {consequence}.")
+    try:
+        check_folder_writable(out)
+    except OSError as exc:
+        raise OSError(f"cannot write the model to folder {str(folder)!r} ({exc.strerror or exc}); "
+                      f"choose an output in a writable folder.") from None
+    return out
 
 
 def check_output_suffix(path: str | os.PathLike) -> str:

@@ -84,12 +84,25 @@ class NeuralVolume:
         }
 
     # ---- files (loading any model path is srn_core.loading.load_model) ------------------------------
-    def save(self, path: str | os.PathLike, compression: Compression | None = None) -> None:
+    def save(self, path: str | os.PathLike, compression: Compression | None = None, reference=None,
+             chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         """Write the model file atomically (safetensors + JSON metadata): float32 tensors, or with
         ``compression`` quantized and entropy-coded ones (:mod:`srn_core.compression`).
 
-        Afterwards :attr:`file_bytes` and :attr:`storage` describe the written file.
+        With ``compression`` and a ``reference`` :class:`~srn_core.data.Volume` (the training data), the model
+        the file will hold (the quantized one) is measured against it first and its PSNR recorded as
+        ``training.psnr``, the float model's kept as ``training.psnr_before_quantization``: what ``srn info``
+        shows is then what ``srn eval`` measures. Afterwards :attr:`file_bytes` and :attr:`storage` describe
+        the written file.
         """
+        if compression is not None and reference is not None:
+            from .metrics import psnr
+
+            stored = self.compressed(compression).resample(chunk_size=chunk_size)
+            measured = psnr(reference.values, stored, mask=reference.finite_mask)
+            if "psnr" in self.training:
+                self.training.setdefault("psnr_before_quantization", self.training["psnr"])
+            self.training["psnr"] = measured
         meta = self.metadata()
         if compression is None:
             tensors, storage = self.field.state_dict(), None
@@ -99,6 +112,13 @@ class NeuralVolume:
         save_tensors(path, {f"field.{k}": v for k, v in tensors.items()}, meta)
         self.file_bytes = os.path.getsize(path)
         self.storage = meta.get("storage")
+
+    def compressed(self, compression: Compression) -> "NeuralVolume":
+        """The model as a file written with ``compression`` holds it: encoded and decoded in memory."""
+        tensors, storage = encode_state(self.field, compression)
+        meta = {**self.metadata(), "storage": {f"field.{k}": v for k, v in storage.items()}}
+        device = next(iter(self.field.state_dict().values())).device
+        return NeuralVolume.from_tensors({f"field.{k}": v for k, v in tensors.items()}, meta, self.source, device)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "",

@@ -43,6 +43,33 @@ def test_error_against_a_model_file(small_image, analytic_volume, trained_model)
     assert out.GetExtent() == small_image.GetExtent()
     check_error_output(out, analytic_volume.values, model.resample())
     assert 30 < error.metrics["PSNR"] < 60 and 0 < error.metrics["SSIM"] <= 1
+    size = path.stat().st_size  # the trained_model fixture is a float32 file
+    assert field_value(out, "CompressionRatio") == pytest.approx(analytic_volume.geometry.num_points * 4 / size)
+    assert field_value(out, "FileBytes") == size
+    assert field_value(out, "NumberOfParameters") == model.num_parameters
+    assert field_value(out, "ModelFileStorage") == "float32"
+
+
+def test_error_reports_a_compressed_files_ratio(small_image, analytic_volume, trained_model, tmp_path):
+    from srn_core.compression import Compression
+    from srn_core.loading import load_model
+
+    path, model = trained_model
+    load_model(path).save(tmp_path / "small.srn", Compression(bits=6))
+    compressed = load_model(tmp_path / "small.srn")
+    error = NeuralVolumeError()
+    error.SetInputDataObject(0, small_image)
+    error.SetModelFileName(str(tmp_path / "small.srn"))
+    events = Events(error)
+    error.Update()
+    assert events.errors == []
+    out = error.GetOutputDataObject(0)
+    size = (tmp_path / "small.srn").stat().st_size
+    assert size < path.stat().st_size / 3
+    assert field_value(out, "CompressionRatio") == pytest.approx(analytic_volume.geometry.num_points * 4 / size)
+    assert field_value(out, "FileBytes") == size
+    assert field_value(out, "ModelFileStorage") == "grids 6-bit + lzma, decoder 12-bit"
+    check_error_output(out, analytic_volume.values, compressed.resample())  # the quantized model is compared
 
 
 def test_error_against_a_second_input(small_image, analytic_volume, trained_model):

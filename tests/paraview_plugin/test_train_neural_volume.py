@@ -13,6 +13,7 @@ from paraview_plugin.vtk_image import image_from_array
 from srn_core import metrics
 from srn_core.geometry import ImageGeometry
 from srn_core.loading import load_model
+from srn_core.modelfile import load_tensors
 
 from privileges import without_root_override
 from vtk_events import Events, field_value, no_unobserved_vtk_errors  # noqa: F401 (autouse fixture)
@@ -49,8 +50,9 @@ def test_training_writes_the_model_and_outputs_its_reconstruction(small_image, a
     psnr = field_value(out, "PSNR")
     assert psnr == pytest.approx(metrics.psnr(analytic_volume.values, recon), abs=1e-6)
     assert psnr > 28.0  # 100 steps on a smooth 32x28x24 field
-    assert field_value(out, "CompressionRatio") == pytest.approx(analytic_volume.geometry.num_points
-                                                                 / model.num_parameters)
+    size = path.stat().st_size  # the ratio counts the file's bytes (compressed by default)
+    assert field_value(out, "CompressionRatio") == pytest.approx(analytic_volume.geometry.num_points * 4 / size)
+    assert field_value(out, "FileBytes") == size
     assert field_value(out, "NumberOfParameters") == model.num_parameters <= 20_000
     assert field_value(out, "TrainingSteps") == 100
     assert field_value(out, "ModelFileName") == str(path)
@@ -109,6 +111,16 @@ def test_abort_stops_training_and_writes_nothing(small_image, tmp_path):
     ("ChunkSize", 0, "ChunkSize must be a positive integer, got 0."),
     ("ParameterBudget", 2_000_000_000, "ParameterBudget 2000000000 needs 32 GB of memory but only 1 GB is "
                                        "available; ask for less."),
+    ("Bits", 0, "Bits must be an integer from 4 to 16, got 0."),
+    ("Bits", 40, "Bits must be an integer from 4 to 16, got 40."),
+    ("DecoderBits", 3, "DecoderBits must be an integer from 4 to 16, got 3."),
+    ("Codec", "gzip", "Codec must be one of lzma, zstd, none, sz3, got 'gzip'."),
+    ("TargetRatio", -2, "TargetRatio must be 0 (use ParameterBudget) or a positive number, got -2.0."),
+    ("TargetRatio", 50, "TargetRatio 50 (a file of 1.72 kB): a apmgsrn model file cannot be as small as 1,720 "
+                        "bytes"),
+    ("TargetSize", "lots", "TargetSize must look like 500KB, 1MB or 2.5GiB, got 'lots'."),
+    ("TargetSize", "20GB", "TargetSize 20GB (25,395,200,000 parameters) needs 406 GB of memory but only 1 GB is "
+                           "available; ask for less."),
 ])
 def test_bad_training_settings_fail_cleanly(small_image, tmp_path, monkeypatch, setting, value, expected):
     monkeypatch.setenv("SRN_MEMORY_LIMIT", "1GB")
@@ -119,6 +131,56 @@ def test_bad_training_settings_fail_cleanly(small_image, tmp_path, monkeypatch, 
     assert events.errors[0].startswith("TrainNeuralVolume: ")
     assert trainer.GetOutputDataObject(0).GetNumberOfPoints() == 0
     assert not (tmp_path / "m.srn").exists()
+
+
+def test_target_ratio_and_target_size_are_the_files_and_compress_off_writes_float32(small_image, tmp_path):
+    """32 x 28 x 24 float32 points are 86,016 bytes: TargetRatio 3 asks for a file of 28,672 bytes."""
+    trainer, events = make_trainer(small_image, tmp_path / "r.srn", steps=60)
+    trainer.SetTargetRatio(3)
+    trainer.Update()
+    assert events.errors == [] and events.warnings == []
+    size = (tmp_path / "r.srn").stat().st_size
+    assert 86_016 / size == pytest.approx(3, rel=0.10)
+    out = trainer.GetOutputDataObject(0)
+    assert field_value(out, "CompressionRatio") == pytest.approx(86_016 / size)
+    storage = load_tensors(tmp_path / "r.srn")[1]["storage"]
+    assert {e["bits"] for e in storage.values() if e["role"] == "grid"} == {8}
+    compressed_params = field_value(out, "NumberOfParameters")
+    # The same target with Compress off: a float32 file of at most that size, with far fewer parameters.
+    trainer.SetCompress(0)
+    trainer.SetModelFileName(str(tmp_path / "f.srn"))
+    trainer.Update()
+    assert events.errors == []
+    assert 0.9 * 28_672 <= (tmp_path / "f.srn").stat().st_size <= 28_672
+    assert "storage" not in load_tensors(tmp_path / "f.srn")[1]
+    assert field_value(trainer.GetOutputDataObject(0), "NumberOfParameters") < compressed_params / 3
+    # TargetSize, with other bits
+    trainer.SetCompress(1)
+    trainer.SetBits(6)
+    trainer.SetTargetRatio(0)
+    trainer.SetTargetSize("20kB")
+    trainer.SetModelFileName(str(tmp_path / "s.srn"))
+    trainer.Update()
+    assert events.errors == []
+    size = (tmp_path / "s.srn").stat().st_size  # 6-bit codes: measured 22,367 bytes (LZMA saves less than assumed)
+    assert size == pytest.approx(20_000, rel=0.15)
+    assert len(events.warnings) == (abs(size / 20_000 - 1) > 0.10)  # said once when it misses by more than 10 %
+    storage = load_tensors(tmp_path / "s.srn")[1]["storage"]
+    assert {e["bits"] for e in storage.values() if e["role"] == "grid"} == {6}
+    trainer.SetTargetRatio(4)
+    trainer.Update()
+    assert events.errors[-1] == "TrainNeuralVolume: set TargetRatio (4) or TargetSize ('20kB'), not both."
+
+
+def test_a_file_far_from_its_target_is_one_warning(small_image, tmp_path):
+    # After one step the grids are still their smooth initial values, which LZMA shrinks far below the estimate.
+    trainer, events = make_trainer(small_image, tmp_path / "w.srn", steps=1)
+    trainer.SetTargetRatio(4)
+    trainer.Update()
+    size = (tmp_path / "w.srn").stat().st_size
+    assert events.errors == [] and len(events.warnings) == 1, events.warnings
+    assert (f"the model file '{tmp_path}/w.srn' is {size:,} bytes, {size / 21_504 - 1:+.0%} off the 21,504-byte "
+            f"target (ratio {86_016 / size:.1f}x;") in events.warnings[0]
 
 
 def test_non_finite_input_names_the_mask_non_finite_property(small_image, analytic_volume, tmp_path):

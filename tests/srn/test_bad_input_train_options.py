@@ -57,7 +57,8 @@ def _one_error(out, code, message):
     (["--lr", "-0.01"], 2, "argument --lr: must be a positive number, got '-0.01'."),
     (["--checkpoint-every", "0"], 2, "argument --checkpoint-every: must be a positive integer, got '0'."),
     (["--size", "lots"], 2, "argument --size: must look like 500KB, 1MB or 2.5GiB, got 'lots'."),
-    (["--size", "20GB"], 1, "--size 20 GB (5,000,000,000 parameters) needs 80 GB of memory but only 4 GB is "
+    # --size is the file's size: 20 GB of 8-bit grid codes (after LZMA) are 25 billion parameters
+    (["--size", "20GB"], 1, "--size 20 GB (25,395,200,000 parameters) needs 406 GB of memory but only 4 GB is "
                             "available; ask for less."),
     (["--params", "3000000000"], 1, "--params 3000000000 needs 48 GB of memory but only 4 GB is available"),
     (["-o", "{t}/vol.npy"], 1, "output '{t}/vol.npy' has the volume suffix '.npy' but a model file is written "
