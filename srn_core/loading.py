@@ -1,4 +1,4 @@
-"""Loading any model path: our model file, or a peer's checkpoint folder (APMGSRN models and ensembles).
+"""Loading any model path: our model file, or a peer's checkpoint folder (APMGSRN models and ensembles, AMGSRN++).
 
 This is the one place that decides what a path holds. :mod:`srn_core.model` builds a model from our file's
 tensors and :mod:`srn_core.peers` from a peer's folder; neither imports the other. Whatever was loaded is
@@ -18,22 +18,25 @@ from .devices import resolve_device
 from .model import NeuralVolume, check_value_range
 from .modelfile import ModelFileError, file_mode, load_tensors
 from .peers import CHECKPOINT_NAME, OPTIONS_NAME, load_peer_checkpoint
+from .peers_amgsrnpp import MODEL_FILES as AMGSRNPP_FILES, is_amgsrnpp_folder, load_amgsrnpp_checkpoint
 
 
 def model_path(path: str | os.PathLike) -> Path:
-    """The path to load for ``path``: our model file, or an APMGSRN folder.
+    """The path to load for ``path``: our model file, or an APMGSRN or AMGSRN++ folder.
 
-    Picking ``options.json`` or ``model.ckpt.tar`` inside an APMGSRN folder (what a file dialog allows) means
-    the folder. Only ``stat`` is used here: opening a FIFO would block.
+    Picking ``options.json``, ``model.ckpt.tar`` (APMGSRN) or ``model.ckpt`` / ``compressed_model.zip``
+    (AMGSRN++) inside such a folder (what a file dialog allows) means the folder. Only ``stat`` is used here:
+    opening a FIFO would block.
     """
     path = Path(path).expanduser()
-    if stat.S_ISREG(file_mode(path)) and path.name in (OPTIONS_NAME, CHECKPOINT_NAME) and (path.parent / OPTIONS_NAME).is_file():
+    if (stat.S_ISREG(file_mode(path)) and path.name in (OPTIONS_NAME, CHECKPOINT_NAME, *AMGSRNPP_FILES)
+            and (path.parent / OPTIONS_NAME).is_file()):
         return path.parent
     return path
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> NeuralVolume:
-    """The model at ``path`` (our model file or an APMGSRN folder) on ``device`` (``auto``: CUDA when present).
+    """The model at ``path`` (our model file, an APMGSRN or AMGSRN++ folder) on ``device`` (``auto``: CUDA if any).
 
     Never executes code from the file. Any problem is one sentence naming the path: :class:`ModelFileError`
     (a ``ValueError``) for a damaged or foreign file, ``OSError`` for a missing or unreadable one, ``MemoryError``
@@ -42,7 +45,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> N
     path = model_path(path)
     device = resolve_device(device)
     if path.is_dir():
-        model = load_peer_checkpoint(path, device=device)
+        loader = load_amgsrnpp_checkpoint if is_amgsrnpp_folder(path) else load_peer_checkpoint
+        model = loader(path, device=device)
         where = f"peer checkpoint {str(path)!r}"
     else:
         tensors, meta = load_tensors(path)
