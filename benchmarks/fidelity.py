@@ -24,25 +24,12 @@ import numpy as np
 import torch
 
 from srn_core import metrics
-from srn_core.data import Volume, read_nifti
 from srn_core.fields import field_for_budget
-from srn_core.geometry import ImageGeometry
 from srn_core.training import TrainConfig, train
 
+from volumes import load_volume  # benchmarks/ is on sys.path when a script in it runs
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def load_volume(name: str) -> Volume:
-    if name == "inia19":
-        return read_nifti("/usr/share/mricron/templates/inia19-t1-brain.nii.gz", name="inia19_t1")
-    if name == "mni152":
-        import nilearn.datasets
-        img = nilearn.datasets.load_mni152_template(resolution=1)
-        arr = np.asarray(img.get_fdata(), dtype=np.float32)  # (x, y, z) axes
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        return Volume(np.ascontiguousarray(arr.transpose(2, 1, 0)), ImageGeometry(arr.shape, (0, 0, 0), zooms),
-                      "mni152_t1")
-    raise ValueError(f"unknown volume {name!r}; choose inia19 or mni152.")
 
 
 def sz3_at_ratio(values: np.ndarray, ratio: float) -> dict:
