@@ -33,7 +33,6 @@ from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
-from srn_core.compression import describe_storage
 
 from . import model_cache, parallel
 from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
@@ -166,7 +165,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         model, _ = model_cache.load_cached(self._config.model_file_name, self._config.device)
         file_values = {"CompressionRatio": model.compression_ratio, "FileBytes": float(model.file_bytes or 0),
                        "NumberOfParameters": float(model.num_parameters),
-                       "ModelFileStorage": describe_storage(model.storage)}
+                       "ModelFileStorage": model.storage_description}
         return model.resample(reference.geometry, chunk_size=self._config.chunk_size), file_values
 
     def _ssim(self, ref, recon, mask) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from srn_core.compression import CODECS, MAX_BITS, MIN_BITS, Compression, describe_storage
+from srn_core.compression import CODECS, MAX_BITS, MIN_BITS, Compression
 from srn_core.memory import format_bytes
 
 from .arguments import number
@@ -59,7 +59,7 @@ def describe_file(model) -> str:
     """``"37,912 bytes (grids 8-bit + lzma, decoder 12-bit)"``: a model's file and how it stores its tensors."""
     if not model.file_bytes:
         return "not in a file"
-    return f"{model.file_bytes:,} bytes ({describe_storage(model.storage)})"
+    return f"{model.file_bytes:,} bytes ({model.storage_description})"
 
 
 def describe_ratio(model) -> str:
@@ -70,7 +70,7 @@ def describe_ratio(model) -> str:
         return (f"{model.parameter_ratio:.1f}x vs float32 (data {data} / float32 parameters, not in a file; "
                 f"{model.num_parameters:,} parameters)")
     return (f"{model.file_ratio:.1f}x vs float32 (data {data} / file {model.file_bytes:,} bytes: "
-            f"{describe_storage(model.storage)}; {model.num_parameters:,} parameters)")
+            f"{model.storage_description}; {model.num_parameters:,} parameters)")
 
 
 def save_measured(model, path, compression, volume, chunk_size: int = 1 << 16):

@@ -113,6 +113,13 @@ class NeuralVolume:
         self.file_bytes = os.path.getsize(path)
         self.storage = meta.get("storage")
 
+    @property
+    def storage_description(self) -> str:
+        """How the model's file stores it: ours (float32 or compressed), or a peer's folder (all its files)."""
+        if self.source and os.path.isdir(self.source):
+            return "a peer's checkpoint folder, all its files counted"
+        return describe_storage(self.storage)
+
     def compressed(self, compression: Compression) -> "NeuralVolume":
         """The model as a file written with ``compression`` holds it: encoded and decoded in memory."""
         tensors, storage = encode_state(self.field, compression)
@@ -165,7 +172,7 @@ class NeuralVolume:
             f"array         {self.array_name}  range [{lo:.6g}, {hi:.6g}]",
             f"data dims     {g.dims[0]} x {g.dims[1]} x {g.dims[2]} points ({g.num_points:,}; "
             f"{format_bytes(g.num_points * 4)} as float32)",
-            *([f"file          {self.file_bytes:,} bytes ({describe_storage(self.storage)}); "
+            *([f"file          {self.file_bytes:,} bytes ({self.storage_description}); "
                f"ratio {self.file_ratio:.1f}x vs the float32 data"] if self.file_bytes else []),
             f"origin        {tuple(round(v, 6) for v in g.origin)}",
             f"spacing       {tuple(round(v, 6) for v in g.spacing)}",

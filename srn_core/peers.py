@@ -208,13 +208,13 @@ def _load_apmgsrn_field(folder: Path, options: dict[str, Any]) -> APMGSRN:
     ckpt = folder / CHECKPOINT_NAME
     if not ckpt.exists():
         if (folder / "model.ckpt").exists() or (folder / "compressed_model.zip").exists():
-            raise ModelFileError(f"folder {str(folder)!r} is an AMGSRN++ (skywolf829/AMGSRN) checkpoint; "
-                                 f"loading those is not supported yet.")
+            raise ModelFileError(f"folder {str(folder)!r} is an AMGSRN++ (skywolf829/AMGSRN) checkpoint, which "
+                                 f"srn_core.loading.load_model reads (srn_core.peers_amgsrnpp), not the APMGSRN reader.")
         raise ModelFileError(f"folder {str(folder)!r} has {OPTIONS_NAME} but no {CHECKPOINT_NAME}.")
     state = read_state_dict(ckpt)
     if "encoder._scales" in state:
         raise ModelFileError(f"checkpoint {str(ckpt)!r} is an AMGSRN++ model (scales/rotations encoder); "
-                             f"loading those is not supported yet.")
+                             f"srn_core.loading.load_model reads those (srn_core.peers_amgsrnpp), not the APMGSRN reader.")
     try:
         return _apmgsrn_from_state(options, state)
     except ModelFileError as exc:

@@ -272,12 +272,12 @@ def test_other_peer_models_are_named_as_not_supported(tmp_path, model):
         load_peer_checkpoint(folder)
 
 
-def test_amgsrn_plus_plus_folder_is_named_as_not_supported(tmp_path):
+def test_the_apmgsrn_reader_sends_amgsrn_plus_plus_folders_to_their_reader(tmp_path):
     folder = tmp_path / "amgsrnpp"
     folder.mkdir()
     (folder / "options.json").write_text(json.dumps(apmgsrn_options(model="AMGSRN")))
     torch.save({"state_dict": {"encoder._scales": torch.zeros(2, 3)}}, folder / "model.ckpt")
-    with pytest.raises(ModelFileError, match=r"AMGSRN\+\+.*not supported yet"):
+    with pytest.raises(ModelFileError, match=r"AMGSRN\+\+.*srn_core.peers_amgsrnpp"):
         load_peer_checkpoint(folder)
 
 
