@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .arguments import positive_int
+from .arguments import positive_float, positive_int
 from .compression_options import add_compression_options, compression_of, describe_file, describe_ratio
 from .progress import progress_bar
 
@@ -17,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="compressed model file to write (e.g. small.srn; written atomically, never over MODEL)")
     add_compression_options(p, float32_option=False)
+    p.add_argument("--max-loss", type=positive_float, metavar="DB",
+                   help="pick the fewest grid bits (or, with --codec sz3, the loosest error bound) whose estimated "
+                        "PSNR loss against the training data is at most DB (e.g. 0.1; needs the training PSNR "
+                        "recorded in the model)")
     p.add_argument("--chunk-size", type=positive_int, default=1 << 16, help="points per evaluation batch")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -34,6 +38,14 @@ def run(args) -> int:
     device = resolve_device(args.device)
     original = load_model(source, device)
     before = describe_file(original), describe_ratio(original)
+    if args.max_loss is not None:
+        from srn_core.compression_search import loosest_setting
+
+        if args.bits is not None and compression.codec != "sz3":
+            raise ValueError("--max-loss chooses --bits itself; give one or the other.")
+        compression, loss = loosest_setting(original, compression, args.max_loss, args.chunk_size)
+        print(f"setting        {compression.describe()}: the loosest with an estimated loss of at most "
+              f"{args.max_loss:g} dB ({loss:.3f} dB)")
 
     # Provenance for the new file; its own PSNR against the data is unknown here (no data), so the source
     # model's moves to a key that does not claim to describe this file.

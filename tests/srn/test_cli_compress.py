@@ -168,3 +168,22 @@ def test_bad_input_is_one_error_and_no_file(float32_model, model, args, code, me
     assert len(errors) == 1 and errors[0].startswith("srn compress: error: "), out.stderr
     assert message.format(d=d) in errors[0]
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before  # nothing written or changed
+
+
+def test_max_loss_picks_the_fewest_bits_within_the_budget(float32_model, tmp_path):
+    from srn_core.compression import Compression
+    from srn_core.compression_search import loss_db
+
+    d, source = float32_model
+    out = srn("compress", source, "-o", tmp_path / "c.srn", "--max-loss", 0.05, "--quiet")
+    assert out.returncode == 0, out.stderr
+    bits = {e["bits"] for e in load_tensors(tmp_path / "c.srn")[1]["storage"].values() if e["role"] == "grid"}
+    assert len(bits) == 1
+    chosen = bits.pop()
+    original = load_model(source)
+    assert loss_db(original, Compression(bits=chosen)) <= 0.05
+    assert chosen == 4 or loss_db(original, Compression(bits=chosen - 1)) > 0.05
+    assert f"{chosen}-bit grids" in out.stdout and "at most 0.05 dB" in out.stdout
+    both = srn("compress", source, "-o", tmp_path / "d.srn", "--max-loss", 0.05, "--bits", 6, "--quiet")
+    assert both.returncode != 0 and "--max-loss chooses --bits itself" in both.stderr
+    assert not (tmp_path / "d.srn").exists()
