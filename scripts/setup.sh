@@ -32,7 +32,7 @@ fi
 REQS=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat .venv/.neural-volume-reqs 2>/dev/null)" != "$REQS" ]; then
   log "installing neural-volume and its requirements into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench,compress]"
   # mayavi only for its bundled disk_out_ref.ex2 (benchmarks/volumes.py); its own requirements are a GUI stack.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mayavi
   echo "$REQS" > .venv/.neural-volume-reqs
