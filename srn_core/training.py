@@ -8,6 +8,9 @@
   ``density_stop_fraction`` of the steps have passed (the paper's delayed start and early stop).
 * The learning rate follows ReduceLROnPlateau on the running mean loss (the paper's schedule); training stops
   early once it has fallen below ``min_lr_fraction`` of its start, at ``steps``, or at ``time_limit``.
+* Compression-aware options (:mod:`.compression_aware`, all off by default): grid total-variation and L1
+  penalties added to the loss, and quantization-aware final steps (``qat_fraction``) when :func:`train` is told
+  the file's ``compression``.
 * Checkpoints (safetensors, no pickle) hold the field, optimizer, scheduler and RNG state, so an interrupted
   run resumes to exactly the same result. Ctrl-C or SIGTERM is deferred to the end of the current step, which
   writes one and raises :class:`TrainingInterrupted`.
@@ -32,6 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .compression import Compression
+from .compression_aware import grid_penalty, quantized_forward
 from .data import Volume
 from .fields import Field, field_for_budget
 from .memory import check_allocation
@@ -71,6 +76,15 @@ class TrainConfig:
     """Seconds between checkpoints (when a checkpoint path is given)."""
     checkpoint_every_steps: int = 500
     """Steps between checkpoints, so a run killed before the first timed one still leaves one."""
+    grid_tv_weight: float = 0.0
+    """Weight of the feature grids' total variation in the loss (:func:`.compression_aware.grid_penalty`;
+    AMGSRN++ uses 1e-4): smoother grids, for files whose grids are stored by SZ3."""
+    grid_l1_weight: float = 0.0
+    """Weight of the feature grids' mean absolute value in the loss (AMGSRN++ uses 2.5e-5): sparser grids."""
+    qat_fraction: float = 0.0
+    """Final fraction of ``steps`` (or of ``time_limit``) trained quantization-aware: the forward pass uses the
+    grids and decoder as the file's ``compression`` stores them (straight-through gradient). Only when
+    :func:`train` is given a ``compression``; a float32 file has nothing to adapt to."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every_steps"):
@@ -80,6 +94,11 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}.")
         if self.time_limit is not None and not (self.time_limit > 0):
             raise ValueError(f"time_limit must be positive seconds, got {self.time_limit!r}.")
+        for name in ("grid_tv_weight", "grid_l1_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}.")
+        if not 0 <= self.qat_fraction <= 1:
+            raise ValueError(f"qat_fraction must be a fraction from 0 to 1, got {self.qat_fraction!r}.")
 
 
 @dataclass
@@ -158,8 +177,12 @@ class _Interrupts:
 
 def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
           checkpoint: str | os.PathLike | None = None, resume: bool = False,
-          callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25) -> TrainResult:
+          callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25,
+          compression: Compression | None = None) -> TrainResult:
     """Fit ``field`` to ``volume``; returns the trained :class:`NeuralVolume` with its final PSNR.
+
+    ``compression``: how the model file will be stored, for ``config.qat_fraction`` (quantization-aware final
+    steps); ``None`` (a float32 file) trains in float32 throughout.
 
     ``callback`` is called every ``callback_every`` steps; returning ``True`` aborts (like Ctrl-C: the
     checkpoint is written and :class:`TrainingInterrupted` raised). With a ``checkpoint`` path the state is saved
@@ -174,7 +197,7 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
     device = resolve_device(config.device)
     if config.lr is None:
         config = dataclasses.replace(config, lr=field.default_lr)
-    state = _TrainState(volume, field, config, device)
+    state = _TrainState(volume, field, config, device, compression)
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         state.load(checkpoint)
     elif resume and checkpoint is not None:
@@ -223,6 +246,12 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
         "batch_size": config.batch_size, "lr": config.lr, "device": str(device),
         "grids_frozen_at": state.frozen_at, "torch": torch.__version__,
     }
+    # Compression-aware settings only where used, so plain models describe themselves as before.
+    for key in ("grid_tv_weight", "grid_l1_weight"):
+        if getattr(config, key):
+            model.training[key] = getattr(config, key)
+    if state.qat_from is not None:
+        model.training["quantization_aware_from"] = state.qat_from
     if math.isnan(final_psnr):
         del model.training["psnr"]  # unknown, not NaN: readers treat a present "psnr" as a measurement
     return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
@@ -263,7 +292,8 @@ class _CheckpointSaver:
 
 def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None,
         config: TrainConfig = TrainConfig(), *, checkpoint: str | os.PathLike | None = None, resume: bool = False,
-        callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25) -> TrainResult:
+        callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25,
+        compression: Compression | None = None) -> TrainResult:
     """Build a field of ``architecture`` with about ``budget`` parameters and train it on ``volume``.
 
     The one entry point of every front end (the ``srn`` command, Train Neural Volume), so a seed means the same
@@ -285,7 +315,7 @@ def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None
         torch.manual_seed(config.seed)
         field = field_for_budget(architecture, budget, volume.geometry.shape, volume.value_range)
     return train(volume, field, config, checkpoint=checkpoint, resume=resume, callback=callback,
-                 callback_every=callback_every)
+                 callback_every=callback_every, compression=compression)
 
 
 def check_training_memory(budget: int, what: str) -> None:
@@ -299,8 +329,11 @@ def check_training_memory(budget: int, what: str) -> None:
 class _TrainState:
     """Everything that evolves during training, and its (de)serialisation for checkpoints."""
 
-    def __init__(self, volume: Volume, field: Field, config: TrainConfig, device: torch.device):
+    def __init__(self, volume: Volume, field: Field, config: TrainConfig, device: torch.device,
+                 compression: Compression | None = None):
         self.volume, self.field, self.config, self.device = volume, field, config, device
+        self.compression = compression if config.qat_fraction > 0 else None
+        self.qat_from: int | None = None
         self.checksum = volume.checksum()
         lo, hi = volume.value_range
         field.value_range.copy_(torch.tensor([lo, hi]))
@@ -341,7 +374,14 @@ class _TrainState:
         with torch.no_grad():
             target = F.grid_sample(self.target, points.view(1, 1, 1, -1, 3), mode="bilinear",
                                    padding_mode="border", align_corners=True).view(-1)
-        pred = self.field.normalized(points)
+        if self.compression is not None and self.qat_from is None and (
+                self.step >= (1 - c.qat_fraction) * c.steps or (
+                c.time_limit is not None and self.seconds >= (1 - c.qat_fraction) * c.time_limit)):
+            self.qat_from = self.step
+        if self.qat_from is not None:
+            pred = quantized_forward(self.field, points, self.compression)
+        else:
+            pred = self.field.normalized(points)
         if self.masked:
             # Zero the targets before differencing: a NaN inside the graph would poison the gradient.
             valid = torch.isfinite(target)
@@ -350,8 +390,9 @@ class _TrainState:
         else:
             err = (pred - target) ** 2
             loss = err.mean()
+        penalty = grid_penalty(self.field, c.grid_tv_weight, c.grid_l1_weight)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if penalty is None else loss + penalty).backward()
         self.optimizer.step()
         if not self.grids_frozen and self.step >= c.density_start:
             self._density_step(points, err.detach())
@@ -394,7 +435,7 @@ class _TrainState:
             "train_config": dataclasses.asdict(self.config), "data_sha256": self.checksum,
             "step": self.step, "seconds": self.seconds, "losses": list(self.losses),
             "density_losses": list(self.density_losses), "stalls": self.stalls, "frozen_at": self.frozen_at,
-            "scheduler": self.scheduler.state_dict(),
+            "qat_from": self.qat_from, "scheduler": self.scheduler.state_dict(),
             "optimizers": {},
         }}
         for name, opt in (("main", self.optimizer), ("aux", self.aux_optimizer)):
@@ -434,4 +475,5 @@ class _TrainState:
         self.losses.extend(ck["losses"])
         self.density_losses.extend(ck["density_losses"])
         self.stalls, self.frozen_at = int(ck["stalls"]), ck["frozen_at"]
+        self.qat_from = ck.get("qat_from")  # absent from checkpoints written before quantization-aware training
 

@@ -167,3 +167,47 @@ def test_masked_nonfinite_voxels_are_excluded():
     field = APMGSRN(APMGSRNConfig(n_grids=4, n_features=2, grid_shape=(6, 6, 6), width=32))
     r = train(masked, field, TrainConfig(steps=120, batch_size=4096, device="cpu"))
     assert np.isfinite(r.psnr) and r.psnr > 25
+
+
+# ---- compression-aware training --------------------------------------------------------------------
+
+def test_compression_aware_training_is_reproducible_and_resumes_exactly(tmp_path):
+    from srn_core.compression import Compression
+    comp = Compression(bits=5, decoder_bits=6)
+    options = dict(steps=60, grid_tv_weight=1e-3, grid_l1_weight=1e-3, qat_fraction=0.25)
+    vol, field, cfg = _fit(**options)
+    a = train(vol, field, cfg, compression=comp)
+    vol, field, cfg = _fit(**options)
+    b = train(vol, field, cfg, compression=comp)
+    _assert_same_tensors(a, b)
+    assert a.psnr == b.psnr
+    assert a.model.training["quantization_aware_from"] == 45  # the last quarter of 60 steps
+    assert (a.model.training["grid_tv_weight"], a.model.training["grid_l1_weight"]) == (1e-3, 1e-3)
+    # Interrupted inside the quantization-aware phase, then resumed: the same model, bit for bit.
+    ck = tmp_path / "run.checkpoint"
+    vol, field, cfg = _fit(**options)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 50"):
+        train(vol, field, cfg, checkpoint=ck, callback=lambda p: p.step >= 50, callback_every=50, compression=comp)
+    vol, fresh, cfg = _fit(**options)
+    resumed = train(vol, APMGSRN(fresh.config), cfg, checkpoint=ck, resume=True, compression=comp)
+    _assert_same_tensors(a, resumed)
+    assert resumed.model.training["quantization_aware_from"] == 45
+    # Each option changes the result; without a compression there is nothing to be aware of.
+    vol, field, cfg = _fit(steps=60)
+    plain = train(vol, field, cfg, compression=comp)
+    assert "quantization_aware_from" not in plain.model.training and "grid_tv_weight" not in plain.model.training
+    assert not torch.equal(plain.model.field.feature_grids, a.model.field.feature_grids)
+    vol, field, cfg = _fit(steps=60, qat_fraction=0.25)
+    no_compression = train(vol, field, cfg)
+    _assert_same_tensors(plain, no_compression)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"qat_fraction": 1.5}, "qat_fraction must be a fraction from 0 to 1, got 1.5."),
+    ({"grid_tv_weight": -1e-4}, "grid_tv_weight must be a non-negative number, got -0.0001."),
+    ({"grid_l1_weight": float("nan")}, "grid_l1_weight must be a non-negative number, got nan."),
+])
+def test_bad_compression_aware_settings_name_the_setting(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kwargs)
+    assert str(err.value) == message
