@@ -7,6 +7,7 @@ the subprocess timeout (a FIFO used to block forever; a small file declaring hug
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from core_samples import small_model, write_model_file
+from srn_runner import run_srn
 
 HUGE_CONFIG = {**small_model().field.config_dict(), "n_features": 4, "grid_shape": [1000, 1000, 1000]}
 
@@ -66,9 +68,7 @@ CASES = [
 ]
 
 
-def srn(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+srn = functools.partial(run_srn, timeout=120)
 
 
 # One interpreter runs the command's ``main`` on every case (starting Python and torch once per case would take

@@ -6,6 +6,7 @@ no file. A full disk when the model is written (a file-size limit set on the run
 checkpoint, so that `--resume` writes the model without training again.
 """
 
+import functools
 import os
 import resource
 import subprocess
@@ -17,15 +18,14 @@ import pytest
 
 from privileges import without_root_override
 from srn_core.modelfile import load_tensors
+from srn_runner import run_srn
 
 # One CPU thread: the machine's other processes then cost these runs time, not the collapse of defect 4.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SRN_MEMORY_LIMIT": "4GB"}
 FAST = ["--steps", "5", "--batch-size", "256", "--quiet"]
 
 
-def srn(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300, **kw)
+srn = functools.partial(run_srn, env=ENV)
 
 
 @pytest.fixture

@@ -1,21 +1,19 @@
 """Bad input volumes fed to `srn train` and `srn eval` (defect 13's catalogue, the data files): one error line
 naming the problem, exit code 1, no traceback, no output file; and --mask-nonfinite honoured by every format."""
 
+import functools
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from core_samples import analytic_values
+from srn_runner import run_srn
 
 INIA19 = "/usr/share/mricron/templates/inia19-t1-brain.nii.gz"
 
 
-def srn(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+srn = functools.partial(run_srn, timeout=120)
 
 
 def assert_one_error(out, command: str, message: str) -> None:

@@ -11,13 +11,12 @@ import pytest
 from paraview_plugin.vtk_image import image_from_array, read_vti, write_vti
 from srn_core.geometry import ImageGeometry
 from srn_core.loading import load_model
+from srn_runner import run_srn
 
 INIA19 = Path("/usr/share/mricron/templates/inia19-t1-brain.nii.gz")
 
 
-def srn(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+srn = run_srn
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """`srn compress MODEL -o OUT.srn`: re-encodes any model, writes OUT atomically (never over MODEL), and prints
 the PSNR it measured between the original and the re-encoded model on the training grid."""
 
+import functools
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,13 +13,12 @@ import torch
 from srn_core import metrics
 from srn_core.loading import load_model
 from srn_core.modelfile import load_tensors
+from srn_runner import run_srn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def srn(*args):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+srn = functools.partial(run_srn, env=ENV)
 
 
 @pytest.fixture(scope="module")

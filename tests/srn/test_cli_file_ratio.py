@@ -1,10 +1,9 @@
 """Ratios count bytes: `srn train --ratio/--size` size the FILE written (compressed by default), and `srn train`,
 `srn info` and `srn eval` print the ratio of the data's float32 bytes to the file's actual bytes."""
 
+import functools
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from srn_core.compression import Compression
 from srn_core.loading import load_model
 from srn_core.modelfile import load_tensors
+from srn_runner import run_srn
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FAST = ["--steps", "60", "--batch-size", "1024", "--quiet"]
@@ -19,9 +19,7 @@ SHAPE = (24, 28, 32)  # (nz, ny, nx)
 DATA_BYTES = 4 * 24 * 28 * 32
 
 
-def srn(*args):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+srn = functools.partial(run_srn, env=ENV)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from core_samples import analytic_values
+from srn_runner import run_srn
 
 
-def srn(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "srn.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+srn = run_srn
 
 
 def peak_rss_mb(*args) -> float:
