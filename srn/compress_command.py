@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from srn_core.compression_search import expected_psnr, model_difference, recorded_psnr
     from srn_core.devices import resolve_device
     from srn_core.loading import load_model, model_path
 
@@ -57,8 +58,10 @@ def run(args) -> int:
     original.training = kept
     compressed = load_model(out, device)  # what a user will load from now on, read back from the file itself
 
-    sums = _difference(original, compressed, args.chunk_size, args.quiet)
     g = original.geometry
+    bar = progress_bar(g.num_points, "point", "measure", quiet=args.quiet)
+    sums = model_difference(original, compressed, args.chunk_size, on_chunk=bar.update)
+    bar.close()
     print(f"model          {source}: {before[0]}")
     print(f"               ratio {before[1]}")
     print(f"wrote          {out}: {describe_file(compressed)}")
@@ -67,45 +70,12 @@ def run(args) -> int:
           f"training grid ({g.num_points:,} points)")
     lo, hi = original.value_range
     print(f"max abs error  {sums.max_abs:.6g} ({100 * sums.max_abs / max(hi - lo, 1e-30):.3g} % of the value range)")
-    estimate = _estimated_psnr(original, sums.mse)
-    if estimate is not None:
-        trained, now = estimate
+    trained, now = recorded_psnr(original), expected_psnr(original, sums.mse)
+    if now is not None:
         print(f"PSNR vs data   {trained:.3f} dB when trained -> about {now:.3f} dB ({now - trained:+.3f} dB; "
               f"estimated: the two errors taken as independent)")
     return 0
 
 
-def _difference(original, compressed, chunk_size: int, quiet: bool):
-    """:class:`~srn_core.metrics.ErrorSums` of the compressed model against the original on the training grid,
-    evaluated chunk by chunk (memory O(chunk) whatever the grid)."""
-    from srn_core.evaluate import image_chunks
-    from srn_core.metrics import ErrorSums
-
-    g = original.geometry
-    sums = ErrorSums()
-    bar = progress_bar(g.num_points, "point", "measure", quiet=quiet)
-    pairs = zip(image_chunks(original.field, g, original.bounds, chunk_size=chunk_size),
-                image_chunks(compressed.field, g, compressed.bounds, chunk_size=chunk_size))
-    for a, b in pairs:
-        sums = sums + ErrorSums.of(a.numpy(), b.numpy())
-        bar.update(a.shape[0])
-    bar.close()
-    return sums
-
-
 def _db(psnr: float) -> str:
     return "inf dB (identical values)" if math.isinf(psnr) else f"{psnr:.2f} dB"
-
-
-def _estimated_psnr(original, mse_change: float):
-    """``(PSNR recorded at training, estimated PSNR of the compressed model)`` against the training data, or
-    ``None`` when the file records no training PSNR (peers' checkpoints). Independent errors add their MSEs."""
-    trained = original.training.get("psnr")
-    if not isinstance(trained, (int, float)) or isinstance(trained, bool) or not math.isfinite(trained):
-        return None
-    lo, hi = original.value_range
-    span2 = (hi - lo) ** 2
-    if span2 <= 0:
-        return None
-    mse = span2 * 10 ** (-trained / 10) + mse_change
-    return float(trained), 10 * math.log10(span2 / mse)

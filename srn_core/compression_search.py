@@ -26,24 +26,47 @@ SZ3_STEPS = 10
 """Bisection steps on log(bound): the bound is found within a factor of (0.2/1e-5)**(1/1024) ~ 1 %."""
 
 
-def loss_db(model, compression: Compression, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
-    """Estimated PSNR loss (dB, against the training data) of storing ``model`` with ``compression``."""
+def recorded_psnr(model) -> float | None:
+    """The training PSNR the model records (a finite number), or ``None`` (peers' checkpoints record none)."""
     trained = model.training.get("psnr")
     if isinstance(trained, bool) or not isinstance(trained, (int, float)) or not math.isfinite(trained):
-        raise ValueError("the model records no training PSNR (peers' checkpoints do not), so the cost of a "
-                         "setting against its data cannot be estimated; give --bits or --error-bound instead.")
+        return None
+    return float(trained)
+
+
+def expected_psnr(model, mse_change: float) -> float | None:
+    """The PSNR against the training data a model ``mse_change`` away from ``model`` would reach (the two
+    errors taken as independent, so their MSEs add), or ``None`` without a recorded PSNR or value range."""
+    trained = recorded_psnr(model)
     lo, hi = model.value_range
     span2 = (hi - lo) ** 2
-    if span2 <= 0:
-        return 0.0
-    compressed = model.compressed(compression)
+    if trained is None or span2 <= 0:
+        return None
+    return 10 * math.log10(span2 / (span2 * 10 ** (-trained / 10) + mse_change))
+
+
+def model_difference(model, other, chunk_size: int = DEFAULT_CHUNK_SIZE, on_chunk=None) -> ErrorSums:
+    """:class:`~srn_core.metrics.ErrorSums` of ``other`` against ``model`` on the model's training grid, chunk by
+    chunk (memory O(chunk) whatever the grid); ``on_chunk(points)`` after each chunk (a progress bar)."""
     g = model.geometry
     sums = ErrorSums()
     for a, b in zip(image_chunks(model.field, g, model.bounds, chunk_size=chunk_size),
-                    image_chunks(compressed.field, g, compressed.bounds, chunk_size=chunk_size)):
+                    image_chunks(other.field, g, other.bounds, chunk_size=chunk_size)):
         sums = sums + ErrorSums.of(a.numpy(), b.numpy())
-    mse_model = span2 * 10 ** (-trained / 10)
-    return 10 * math.log10(1 + sums.mse / mse_model)
+        if on_chunk is not None:
+            on_chunk(a.shape[0])
+    return sums
+
+
+def loss_db(model, compression: Compression, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+    """Estimated PSNR loss (dB, against the training data) of storing ``model`` with ``compression``."""
+    trained = recorded_psnr(model)
+    if trained is None:
+        raise ValueError("the model records no training PSNR (peers' checkpoints do not), so the cost of a "
+                         "setting against its data cannot be estimated; give --bits or --error-bound instead.")
+    change = model_difference(model, model.compressed(compression), chunk_size).mse
+    expected = expected_psnr(model, change)
+    return 0.0 if expected is None else trained - expected
 
 
 def loosest_setting(model, compression: Compression, max_loss_db: float = 0.1,
