@@ -29,7 +29,7 @@ from __future__ import annotations
 import lzma
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -548,7 +548,3 @@ def warn_if_missed(actual_bytes: int, target_bytes: float, what: str) -> None:
         warnings.warn(f"{what} is {actual_bytes:,} bytes, {actual_bytes / target_bytes - 1:+.0%} off the "
                       f"{int(target_bytes):,}-byte target (entropy coding depends on the trained values).",
                       stacklevel=2)
-
-
-def to_metadata(compression: Compression) -> dict:
-    return asdict(compression)
