@@ -3,8 +3,11 @@
 The view keeps its own camera and the array keeps its own colour map and opacity function: this attaches a
 ``NeuralVolumeMapper`` (see ``paraview_plugin/neural_volume_mapper.py``) to the view's renderer, fed with the
 live ``vtkColorTransferFunction`` / ``vtkPiecewiseFunction`` ParaView edits and the display's Scalar Opacity
-Unit Distance, and hides the source's own representation. Every render of the view (camera moves, colour map
-edits) re-renders the model by ray marching it; opaque geometry in the view hides what lies behind it.
+Unit Distance, and hides the source's own representation. By default the mapper decodes the model into a
+brick cache once (only where the colour map's opacity can see anything) and VTK's ray caster draws the cache:
+moving the camera re-renders from the cache at the speed of raw data; an opacity edit decodes only bricks that
+became visible. ``attach(mode="direct")`` ray marches the network every frame instead. Opaque geometry in the
+view hides what lies behind the volume.
 
 pvpython / pvbatch::
 
@@ -45,11 +48,14 @@ def _renderer(view):
 
 
 def attach(source=None, view=None, array: str | None = None, sample_distance: float = 1.0,
-           hide_source: bool = True) -> NeuralVolumeMapper:
+           hide_source: bool = True, mode: str = "cache", cache_memory_mb: float | None = None) -> NeuralVolumeMapper:
     """Render the model of ``source`` (a Neural Volume Source; default: the active source) in ``view``.
 
     ``array`` names the colour map to use (default: the one the source's display is coloured by, else the
-    model's array). ``sample_distance`` is in voxels of the model's training grid.
+    model's array). ``sample_distance`` is in voxels of the model's training grid. ``mode`` is the mapper's
+    render mode: ``"cache"`` (VTK's ray caster draws the model's decoded brick cache: rotating the view costs what
+    rendering raw data costs) or ``"direct"`` (the network is ray marched every frame); ``cache_memory_mb`` bounds
+    the cache (default 1024 MiB).
     """
     source = source or simple.GetActiveSource()
     view = view or simple.GetActiveViewOrCreate("RenderView")
@@ -72,6 +78,13 @@ def attach(source=None, view=None, array: str | None = None, sample_distance: fl
         prop.ShadeOn()
     renderer = _renderer(view)
     mapper = NeuralVolumeMapper.FindInRenderer(renderer) or NeuralVolumeMapper()
+    mapper.SetRenderMode(mode)
+    # In the GUI, Qt runs the interactor's timers: a cold cache shows a preview at once and refines right after.
+    # pvpython's interactor has no running event loop, so a script's Render() must give the finished image.
+    interactor = renderer.GetRenderWindow().GetInteractor() if renderer.GetRenderWindow() else None
+    mapper.SetProgressive(interactor is not None and interactor.IsA("QVTKInteractor"))
+    if cache_memory_mb is not None:
+        mapper.SetCacheMemory(cache_memory_mb)
     mapper.SetModel(model)
     mapper.SetVolumeProperty(prop)
     mapper.SetSampleDistance(sample_distance)

@@ -1,6 +1,15 @@
 """NeuralVolumeMapper: draws a neural volume (or any field) into an ordinary ``vtkRenderer``.
 
-VTK volume mappers are C++ classes whose ``Render`` a Python subclass cannot override, so the mapper is a
+Two render modes (:meth:`NeuralVolumeMapper.SetRenderMode`):
+
+* ``"cache"`` (the default, for interactive work): the model is decoded into a brick cache once and VTK's own
+  ray caster draws the cache every frame (``paraview_plugin/cached_volume.py``); an orbit costs what VTK costs
+  on raw data. The decoded grid is trilinearly interpolated, so fine detail between voxels of the training grid
+  is the grid's, not the network's.
+* ``"direct"``: every frame ray marches the network itself (exact and grid-free, seconds per frame on a CPU);
+  described below.
+
+VTK volume mappers are C++ classes whose ``Render`` a Python subclass cannot override, so the direct mode is a
 VTK Python *image source* feeding a ``vtkImageMapper`` on a ``vtkActor2D`` (:meth:`NeuralVolumeMapper.GetProp`).
 2-D actors are drawn in the renderer's overlay pass, after its opaque geometry, translucent geometry and
 volumes; the image mapper updates its input at that moment, so :meth:`RequestData` reads the depth buffer the
@@ -20,6 +29,7 @@ Usage::
     mapper.SetFileName("model.srn")          # or SetModel(neural_volume) / SetRenderVolume(...)
     mapper.SetVolumeProperty(volume_property)
     mapper.AddToRenderer(renderer)           # adds the prop and follows the renderer's camera
+    mapper.SetRenderModeToDirect()           # optional: ray march the network every frame
 """
 
 from __future__ import annotations
@@ -37,13 +47,17 @@ from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline
 from vtkmodules.vtkRenderingCore import vtkActor2D, vtkColorTransferFunction, vtkImageMapper, vtkVolumeProperty
 
+from srn_core.render.brick_cache import BrickCacheSettings
 from srn_core.render.camera import Camera
 from srn_core.render.progressive import progressive_render
 from srn_core.render.raymarch import Renderer, RenderSettings, RenderStats
 from srn_core.render.transfer_function import TransferFunction, TransferTable
 from srn_core.render.volume import RenderVolume
 
+from .cached_volume import CachedVolume
+
 TABLE_SIZE = 4096
+RENDER_MODES = ("cache", "direct")
 
 
 # ---- conversions between VTK objects and the core's ---------------------------------------------------
@@ -162,6 +176,12 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         self._image_mapper.SetColorLevel(127.5)
         self._actor = vtkActor2D()
         self._actor.SetMapper(self._image_mapper)
+        self._mode = "cache"
+        self._cached = CachedVolume()
+        self._progressive = False
+        self._table_key = None
+        self._table: TransferTable | None = None
+        self._refine_timer = None
         if model is not None:
             self.SetModel(model)
 
@@ -182,6 +202,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
             self._settings.check_samples_per_ray(volume, "SampleDistance")
             self._volume = volume
             self._core, self._signature = None, None
+            self._cached.set_volume(volume)
             self.Modified()
 
     def GetRenderVolume(self) -> RenderVolume | None:
@@ -191,6 +212,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         """Colour (``GetRGBTransferFunction``), opacity (``GetScalarOpacity``), unit distance and shading."""
         if prop is not self._property:
             self._property = prop
+            self._cached.set_property(prop)
             self.Modified()
 
     def GetVolumeProperty(self) -> vtkVolumeProperty | None:
@@ -232,10 +254,91 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         """A window whose desired update rate is at least this is interacting: cast fewer rays (default 1 fps)."""
         self._interactive_rate = float(rate)
 
+    # ---- render mode and the brick cache ---------------------------------------------------------
+    def SetRenderMode(self, mode: str) -> None:
+        """``"cache"`` (default: VTK's ray caster draws the decoded brick cache) or ``"direct"`` (ray march the
+        network every frame). Switching while attached swaps the prop in the renderer."""
+        mode = str(mode).lower()
+        if mode not in RENDER_MODES:
+            raise ValueError(f"RenderMode must be one of {', '.join(RENDER_MODES)}, got {mode!r}.")
+        if mode != self._mode:
+            renderer = self._renderer
+            self.RemoveFromRenderer()
+            self._mode = mode
+            if renderer is not None:
+                self.AddToRenderer(renderer)
+            self.Modified()
+
+    def SetRenderModeToCache(self) -> None:
+        self.SetRenderMode("cache")
+
+    def SetRenderModeToDirect(self) -> None:
+        self.SetRenderMode("direct")
+
+    def GetRenderMode(self) -> str:
+        return self._mode
+
+    def _set_cache(self, **changes) -> None:
+        settings = dataclasses.replace(self._cached.settings, **changes)  # validates: a refused value changes nothing
+        self._cached.set_settings(settings)
+
+    def SetCacheMemory(self, megabytes: float) -> None:
+        """Bound on the decoded brick cache in MiB (default 1024); a view that needs more is drawn coarser."""
+        megabytes = float(megabytes)
+        if not megabytes > 0:
+            raise ValueError(f"CacheMemory must be a positive number of MiB, got {megabytes!r}.")
+        self._set_cache(memory_bytes=int(megabytes * (1 << 20)))
+
+    def GetCacheMemory(self) -> float:
+        return self._cached.settings.memory_bytes / (1 << 20)
+
+    def SetBrickSize(self, voxels: int) -> None:
+        """Voxels per brick edge (default 32): the unit the cache decodes and skips."""
+        self._set_cache(brick_size=voxels)
+
+    def SetMacroCellSize(self, voxels: int) -> None:
+        """Voxels per macro-cell edge (default 16): the resolution at which transparent space is known, for the
+        direct marcher's skipping and the cache's choice of bricks alike."""
+        self._set_cache(cell_size=voxels)
+        self._set("cell_size", int(voxels))
+
+    def SetCacheSampler(self, sampler: str) -> None:
+        """What draws the cache: ``"fixed-point"`` (``vtkFixedPointVolumeRayCastMapper``, the CPU default) or
+        ``"gpu"`` (``vtkOpenGLGPUVolumeRayCastMapper``: faster with a real GPU)."""
+        if sampler != self._cached.sampler:
+            cached = CachedVolume(sampler, self._cached.settings)
+            renderer = self._renderer
+            self.RemoveFromRenderer()
+            self._cached = cached
+            cached.set_volume(self._volume)
+            cached.set_property(self._property)
+            if renderer is not None:
+                self.AddToRenderer(renderer)
+
+    def SetProgressive(self, on: bool) -> None:
+        """Draw a coarse preview when the cache lacks the level a still frame needs, and let a one-shot timer of
+        the window's interactor render the refined frame right after (default off). Only for applications whose
+        event loop runs the interactor's timers (a VTK app after ``interactor.Start()``, the ParaView GUI): a
+        script that renders once and saves the image (pvpython, pvbatch) would save the preview."""
+        self._progressive = bool(on)
+
+    def GetProgressive(self) -> bool:
+        return self._progressive
+
+    def GetCache(self):
+        """The :class:`~srn_core.render.brick_cache.BrickCache` of the cache mode (its counters), or ``None``."""
+        return self._cached.cache
+
+    @property
+    def last_cache_frame(self):
+        """What the last cache-mode frame drew (:class:`~paraview_plugin.cached_volume.CacheFrame`)."""
+        return self._cached.last_frame
+
     # ---- scene -----------------------------------------------------------------------------------
-    def GetProp(self) -> vtkActor2D:
-        """The prop that draws the image (what :meth:`AddToRenderer` adds)."""
-        return self._actor
+    def GetProp(self):
+        """The prop that draws the model (what :meth:`AddToRenderer` adds): the cache's ``vtkVolume`` in cache
+        mode, the image's ``vtkActor2D`` in direct mode."""
+        return self._cached.prop if self._mode == "cache" else self._actor
 
     def AddToRenderer(self, renderer) -> None:
         """Draw into ``renderer`` with its active camera, re-rendering whenever the view or the property changes.
@@ -247,14 +350,19 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
             other.RemoveFromRenderer()
         self.RemoveFromRenderer()
         self._renderer = renderer
-        renderer.AddViewProp(self._actor)
-        # Every frame asks for an update; RequestData compares a signature and reuses the image when it can.
-        self._observer = renderer.AddObserver("StartEvent", lambda *args: self.Modified())
+        renderer.AddViewProp(self.GetProp())
+        if self._mode == "cache":
+            # Before the renderer draws its props: choose and fill the level the view needs.
+            self._observer = renderer.AddObserver("StartEvent", lambda *args: self._prepare_cache_frame())
+        else:
+            # Every frame asks for an update; RequestData compares a signature and reuses the image when it can.
+            self._observer = renderer.AddObserver("StartEvent", lambda *args: self.Modified())
         _ATTACHED[_key(renderer)] = self
 
     def RemoveFromRenderer(self) -> None:
         if self._renderer is not None:
             self._renderer.RemoveViewProp(self._actor)
+            self._renderer.RemoveViewProp(self._cached.prop)
             if self._observer is not None:
                 self._renderer.RemoveObserver(self._observer)
             if _ATTACHED.get(_key(self._renderer)) is self:
@@ -327,6 +435,51 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         self._image = np.ascontiguousarray(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)[::-1])
         self._signature, self._depth = signature, np.array(z)
         return self._image
+
+    def _prepare_cache_frame(self) -> None:
+        """The cache mode's work for one frame (at the renderer's ``StartEvent``)."""
+        ren, prop = self._renderer, self._property
+        if self._volume is None or prop is None or ren is None or ren.GetRenderWindow() is None:
+            return
+        window = ren.GetRenderWindow()
+        _, (w, h) = self._viewport()
+        interactive = window.GetDesiredUpdateRate() >= self._interactive_rate
+        interactor = window.GetInteractor()
+        can_refine = self._progressive and interactor is not None and bool(interactor.GetInitialized())
+        frame = self._cached.prepare_frame(camera_from_vtk(ren.GetActiveCamera()), w, h, self._cache_table(prop),
+                                           self._settings.step, interactive, preview_first=can_refine)
+        self.render_count += 1
+        if frame is not None and frame.preview and can_refine and not interactive:
+            self._schedule_refinement(interactor, window)
+
+    def _cache_table(self, prop) -> TransferTable:
+        """The live functions' table (rebuilt only when they change): it decides which bricks are visible."""
+        color, opacity = prop.GetRGBTransferFunction(0), prop.GetScalarOpacity(0)
+        key = (id(color), color.GetMTime(), id(opacity), opacity.GetMTime())
+        if key != self._table_key:
+            self._table, self._table_key = transfer_table_from_vtk(color, opacity), key
+        return self._table
+
+    def _schedule_refinement(self, interactor, window) -> None:
+        """Ask for a still frame right after a preview: a one-shot timer on the window's interactor."""
+        if self._refine_timer is not None:
+            return
+
+        def refine(*_):
+            interactor.RemoveObserver(tag)
+            self._refine_timer = None
+            self._refine_now(window)
+
+        tag = interactor.AddObserver("TimerEvent", refine)
+        self._refine_timer = interactor.CreateOneShotTimer(1)
+
+    def _refine_now(self, window) -> None:
+        """Render the still frame: the full level is decoded (``preview_first`` off for this frame)."""
+        progressive, self._progressive = self._progressive, False
+        try:
+            window.Render()
+        finally:
+            self._progressive = progressive
 
     def _sync_settings(self, prop) -> None:
         s = self._settings

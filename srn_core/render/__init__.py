@@ -6,9 +6,11 @@ is a raw grid), :mod:`.macrocells` (per-cell value ranges), :mod:`.skipping` (le
 :mod:`.compositing` (opacity correction and front-to-back compositing, pure functions), :mod:`.shading`
 (gradients and Phong lighting), :mod:`.raymarch` (the marcher that wires them: sample lattice, wavefront
 batching, the cap on samples per ray), :mod:`.progressive` (coarse-to-fine images), :mod:`.image` (PNG output
-and image comparison).
+and image comparison), :mod:`.brick_cache` (the model decoded lazily onto voxel grids per level of detail, only
+where the transfer function makes it visible, for grid renderers).
 """
 
+from .brick_cache import BrickCache, BrickCacheSettings, CachedLevel
 from .camera import Camera
 from .macrocells import MacroCells, build_macrocells, macrocells_for
 from .progressive import ProgressiveFrame, progressive_render
@@ -16,6 +18,7 @@ from .raymarch import Renderer, RenderResult, RenderSettings, RenderStats, rende
 from .transfer_function import TransferFunction, TransferTable, find_preset, preset_names
 from .volume import RenderVolume, grid_field
 
-__all__ = ["Camera", "MacroCells", "build_macrocells", "macrocells_for", "Renderer", "RenderResult",
-           "RenderSettings", "RenderStats", "render", "ProgressiveFrame", "progressive_render", "TransferFunction",
-           "TransferTable", "find_preset", "preset_names", "RenderVolume", "grid_field"]
+__all__ = ["BrickCache", "BrickCacheSettings", "CachedLevel", "Camera", "MacroCells",
+           "build_macrocells", "macrocells_for", "Renderer", "RenderResult", "RenderSettings", "RenderStats", "render",
+           "ProgressiveFrame", "progressive_render", "TransferFunction", "TransferTable", "find_preset", "preset_names",
+           "RenderVolume", "grid_field"]

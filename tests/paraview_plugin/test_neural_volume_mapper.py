@@ -132,6 +132,7 @@ def mapper_scene(blob, width=160, height=128):
     ren, win = window(width, height)
     ren.AddActor(cube_actor((30, 22, 25), (12, 40, 10)))
     mapper = NeuralVolumeMapper()
+    mapper.SetRenderModeToDirect()  # these tests are about the direct marcher (the cache mode: test_cached_volume.py)
     mapper.SetRenderVolume(RenderVolume.from_grid(blob, GEOMETRY))
     mapper.SetVolumeProperty(volume_property_from_tf(tissue_tf()))
     mapper.AddToRenderer(ren)
@@ -206,6 +207,7 @@ def test_mapper_renders_a_trained_model_file(trained_model):
     lo, hi = model.value_range
     tf = TransferFunction.from_preset("Viridis", (lo, hi))
     mapper = NeuralVolumeMapper()
+    mapper.SetRenderModeToDirect()
     mapper.SetFileName(str(path))
     mapper.SetVolumeProperty(volume_property_from_tf(tf, unit_distance=2.0))
     mapper.AddToRenderer(ren)
