@@ -446,8 +446,11 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         interactive = window.GetDesiredUpdateRate() >= self._interactive_rate
         interactor = window.GetInteractor()
         can_refine = self._progressive and interactor is not None and bool(interactor.GetInitialized())
+        # One preview per refinement: a frame asked for before the timer fired (a script rendering in a loop, a
+        # screenshot) gets the full detail instead of another preview.
+        preview_first = can_refine and self._refine_timer is None
         frame = self._cached.prepare_frame(camera_from_vtk(ren.GetActiveCamera()), w, h, self._cache_table(prop),
-                                           self._settings.step, interactive, preview_first=can_refine)
+                                           self._settings.step, interactive, preview_first=preview_first)
         self.render_count += 1
         if frame is not None and frame.preview and can_refine and not interactive:
             self._schedule_refinement(interactor, window)

@@ -165,6 +165,12 @@ def test_progressive_first_frame_is_a_preview_and_the_interactor_timer_refines_i
     assert mapper.last_cache_frame.lod == 2
     iren.TimerEvent()  # what the event loop does when the one-shot timer fires
     assert mapper.last_cache_frame.lod == 0 and mapper.last_cache_frame.complete
+    # a script that renders again before the timer fires (a loop, a screenshot) gets full detail, not a preview
+    mapper.SetModel(model)  # a fresh cache
+    win.Render()
+    assert mapper.last_cache_frame.lod == 2
+    win.Render()
+    assert mapper.last_cache_frame.lod == 0 and mapper.last_cache_frame.complete
     reference = vtk_render(decoded_grid(model), model.geometry, tf, camera_from_vtk(ren.GetActiveCamera()), W, H,
                            "cpu")
     assert image_psnr(grab(win, W, H), reference) > 50
