@@ -177,6 +177,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         self._actor = vtkActor2D()
         self._actor.SetMapper(self._image_mapper)
         self._mode = "cache"
+        self._device = "auto"
         self._cached = CachedVolume()
         self._progressive = False
         self._table_key = None
@@ -187,11 +188,23 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
 
     # ---- what to render ------------------------------------------------------------------------
     def SetModel(self, model) -> None:
-        """A :class:`~srn_core.model.NeuralVolume`, a model file path, or a :class:`RenderVolume`."""
+        """A :class:`~srn_core.model.NeuralVolume`, a model file path (loaded on :meth:`SetDevice`'s device), or a
+        :class:`RenderVolume`. The network runs where the model is: decoding the cache, or every direct frame."""
         if isinstance(model, str):
             from srn_core.loading import load_model
-            model = load_model(model)
+            model = load_model(model, self._device)
         self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
+
+    def SetDevice(self, device: str) -> None:
+        """Torch device for models loaded from a file name: ``auto`` (CUDA when torch sees a GPU; the default),
+        ``cpu``, ``cuda`` or ``cuda:N``. Applies to the next :meth:`SetFileName`."""
+        from srn_core.devices import resolve_device
+
+        resolve_device(device)  # refuses an unknown device, or CUDA on a machine without it, naming the value
+        self._device = str(device)
+
+    def GetDevice(self) -> str:
+        return self._device
 
     def SetFileName(self, path: str) -> None:
         self.SetModel(str(path))

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 pytest.importorskip("vtkmodules.vtkRenderingCore")
@@ -213,3 +214,8 @@ def test_switching_modes_swaps_the_prop_and_bad_settings_are_refused(trained_mod
     with pytest.raises(ValueError, match="cache sampler must be one of fixed-point, gpu, got 'cuda'"):
         mapper.SetCacheSampler("cuda")
     assert mapper.GetRenderMode() == "direct"
+    assert mapper.GetDevice() == "auto"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda'"):
+            mapper.SetDevice("cuda")
+        assert mapper.GetDevice() == "auto"
