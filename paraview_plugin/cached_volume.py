@@ -155,10 +155,13 @@ class CachedVolume:
         before = cache.points_decoded
         wanted = cache.lod_for_view(camera, width, height, step)
         if interacting or preview_first:
-            level = cache.request(wanted, table, max_points=0)  # what is there; decodes nothing
-            if not level.complete:
+            level = cache.level(wanted)
+            if level is not None:
+                level = cache.request(wanted, table, max_points=0)  # complete for this table? decodes nothing
+            if level is None or not level.complete:
+                # The whole preview level (no table): 1/64 of the points, and no macro-cells needed yet.
                 level = cache.finest_complete_level(table, at_least=wanted + 1) or \
-                    cache.request(min(cache.max_lod, wanted + PREVIEW_LEVELS), table)
+                    cache.request(min(cache.max_lod, wanted + PREVIEW_LEVELS))
         else:
             level = cache.request(wanted, table)
         self._show(level, step)

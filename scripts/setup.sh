@@ -32,7 +32,7 @@ fi
 REQS=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat .venv/.neural-volume-reqs 2>/dev/null)" != "$REQS" ]; then
   log "installing neural-volume and its requirements into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench,compress]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench,compress,fast]"
   # mayavi only for its bundled disk_out_ref.ex2 (benchmarks/volumes.py); its own requirements are a GUI stack.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mayavi
   echo "$REQS" > .venv/.neural-volume-reqs
@@ -55,5 +55,11 @@ if [ ! -f .pvvenv/.neural-volume-codecs ]; then
   # --no-deps: pysz requires numpy, which would replace Debian's; its wheel works with Debian's numpy 1.24.
   .pvvenv/bin/pip install -q --disable-pip-version-check --no-deps zstandard==0.25.0 pysz==1.1.0
   touch .pvvenv/.neural-volume-codecs
+fi
+if [ ! -f .pvvenv/.neural-volume-numba ]; then
+  log "adding numba to .pvvenv (the fused APMGSRN kernel, srn_core.kernels)"
+  # --no-deps: numba requires numpy, which would replace Debian's; numba 0.68 supports Debian's numpy 1.24.
+  .pvvenv/bin/pip install -q --disable-pip-version-check --no-deps numba==0.68.0 llvmlite==0.50.0
+  touch .pvvenv/.neural-volume-numba
 fi
 log "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')), .pvvenv, ParaView $(pvpython --version 2>/dev/null | awk '{print $NF}')"

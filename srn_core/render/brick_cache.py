@@ -334,7 +334,9 @@ class BrickCache:
         self._check_model()
         state = self._levels.get(lod)
         if state is None:
-            state = self._allocate(lod)
+            # A level decoded whole in this very call needs no fills (nor the macro-cells they come from): a cold
+            # preview then costs only its own points.
+            state = self._allocate(lod, fill=not (table is None and max_points is None))
         self._touch(state)
         visible = self._visibility(state, table)
         todo = visible & (state.state != DECODED)
@@ -386,7 +388,7 @@ class BrickCache:
             self._cells = macrocells_for(self.volume, s.cell_size, None, s.chunk_size)
         return self._cells
 
-    def _allocate(self, lod: int) -> _LevelState:
+    def _allocate(self, lod: int, fill: bool = True) -> _LevelState:
         size = self.level_nbytes(lod)
         limit = self.settings.memory_bytes
         if size > limit:
@@ -404,7 +406,8 @@ class BrickCache:
                             self.volume.bounds[2], self.volume.bounds[4]), self.level_spacing(lod), dims,
                             bricks=axes[0].count * axes[1].count * axes[2].count)
         state = _LevelState(level, axes, np.full((axes[2].count, axes[1].count, axes[0].count), FILLED, np.uint8))
-        self._fill(state)
+        if fill:
+            self._fill(state)
         self._levels[lod] = state
         return state
 

@@ -285,8 +285,9 @@ def test_max_points_gives_partial_levels_that_later_requests_complete():
         return ramp_field(points)
 
     cache = BrickCache(RenderVolume(recording_ramp, ramp_volume().bounds, RAMP_DIMS), BrickCacheSettings(brick_size=16))
-    cache.request(1)  # a complete coarser level to fall back on
+    cache.request(1)  # a complete coarser level to fall back on (decoded whole: no fills, no macro-cells)
     assert cache.finest_complete_level(None).lod == 1
+    assert cache.request(0, None, max_points=0).decoded_bricks == 0  # allocated and filled: macro-cells built
     evaluated.clear()
     level = cache.request(0, None, max_points=10_000)  # bricks of 17 x 17 x 17 (at most): two per call
     assert (level.complete, level.decoded_bricks, level.missing_bricks) == (False, 2, 6)
