@@ -203,7 +203,8 @@ def test_geometry_maps_full_shape_to_vtk_dims_and_model_x_to_last_axis(tmp_path)
     assert grid.shape == (5, 7, 9)
     a0, a1, a2 = torch.meshgrid(torch.arange(5), torch.arange(7), torch.arange(9), indexing="ij")
     pts = torch.stack([-1 + 2 * a2 / 8, -1 + 2 * a1 / 6, -1 + 2 * a0 / 4], dim=-1).reshape(-1, 3).float()
-    torch.testing.assert_close(torch.from_numpy(grid).double().reshape(-1), reference(pts, **exp), atol=TOL, rtol=0)
+    # Data range 2: resampling runs the fused kernel (float32 sums in another order), 1e-6 of the range.
+    torch.testing.assert_close(torch.from_numpy(grid).double().reshape(-1), reference(pts, **exp), atol=2 * TOL, rtol=0)
 
 
 def test_neural_volume_load_dispatches_folders_and_round_trips_through_our_format(tmp_path):
