@@ -1,7 +1,7 @@
 """Chunked evaluation: every model query in the project goes through here, with memory bounded by a chunk size.
 
 On the CPU, fields the fused kernel supports (APMGSRN and ensembles of them, :mod:`srn_core.kernels`) are
-evaluated by it: the same values to float32 rounding (about 1e-6 of the value range), 5-10x faster. Every
+evaluated by it: the same values to float32 rounding (about 1e-6 of the value range), about 10x faster. Every
 function here takes ``fused=False`` for the PyTorch reference path (``field(points)`` itself); the environment
 variable ``SRN_FUSED=0`` turns the kernel off everywhere.
 """
