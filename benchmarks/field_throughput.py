@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/field_throughput.py --model brain.srn --repeats 7
 
 The model is ``benchmarks/results/inia19_render.srn`` (the 44k-parameter APMGSRN of ``benchmarks/render.py``)
-when it exists, else an APMGSRN of the same configuration trained for ``--train-seconds`` on inia19 and cached as
-``benchmarks/results/field_throughput_inia19.srn`` (how well it is trained does not change the speed).
+when it exists, else trained for ``--train-seconds`` on inia19 by that benchmark's recipe and cached there (how well
+it is trained does not change the speed).
 Both paths run through :func:`srn_core.evaluate.evaluate` (``fused=True`` / ``fused=False``) on
 
 * ``random``: 2^20 uniform points of the model cube (a renderer's samples, scattered), per chunk size;
@@ -41,12 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from srn_core.evaluate import evaluate  # noqa: E402
-from srn_core.loading import load_model  # noqa: E402
+from srn_core.data import read_nifti  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 INIA19 = "/usr/share/mricron/templates/inia19-t1-brain.nii.gz"
 RENDER_MODEL = RESULTS / "inia19_render.srn"
-OWN_MODEL = RESULTS / "field_throughput_inia19.srn"
 BRICK = 33
 CHUNK_SIZES = (4096, 65536, 1 << 20)
 
@@ -68,24 +67,12 @@ def field_points_per_second(evaluator: Callable[[torch.Tensor], object], points:
 
 
 def model_and_path(path: Path | None, train_seconds: float):
-    """The model to measure and where it came from (see the module docstring)."""
-    if path is not None:
-        return load_model(path), str(path)
-    for cached in (RENDER_MODEL, OWN_MODEL):
-        if cached.is_file():
-            return load_model(cached), str(cached)
-    from srn_core.data import read_nifti
-    from srn_core.fields import field_for_budget
-    from srn_core.training import TrainConfig, train
+    """The model to measure and where it came from: ``path``, else the render benchmark's model (trained and
+    cached by ``benchmarks/render.py``'s own recipe when missing)."""
+    from render import trained_model  # the sibling benchmark: one recipe and one cached file for both
 
-    print(f"training an APMGSRN on inia19 for {train_seconds:.0f} s (cached as {OWN_MODEL}) ...", file=sys.stderr)
-    volume = read_nifti(INIA19, name="inia19")
-    torch.manual_seed(0)
-    field = field_for_budget("apmgsrn", volume.geometry.num_points // 100, volume.geometry.shape, volume.value_range)
-    result = train(volume, field, TrainConfig(steps=1_000_000, batch_size=1 << 14, time_limit=train_seconds, seed=0))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    result.model.save(OWN_MODEL)
-    return result.model, str(OWN_MODEL)
+    volume = None if path is not None or RENDER_MODEL.is_file() else read_nifti(INIA19, name="inia19")
+    return trained_model(path, train_seconds, volume)
 
 
 def brick_points(model, n_bricks: int, seed: int = 0) -> list[torch.Tensor]:
