@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.paraview,
               pytest.mark.skipif(paraview_env.missing_reason() is not None,
                                  reason=str(paraview_env.missing_reason()))]
 
-BODY = """
-import json, os, sys
+# Both scripts start alike: the source volume-rendered by ParaView itself, saved as the reference image.
+SCENE = """
+import json, os, sys, time
 from paraview.simple import *
 LoadPlugin({plugin!r}, ns=globals())
 sys.path.insert(0, {examples!r})
@@ -46,6 +47,9 @@ camera.Azimuth(30)
 camera.Elevation(20)
 Render(view)
 SaveScreenshot(os.path.join(OUT, "paraview.png"), view, ImageResolution=[240, 200])
+"""
+
+BODY = SCENE + """
 mapper = render_paraview.attach(source, view, mode="direct")
 SaveScreenshot(os.path.join(OUT, "neural.png"), view, ImageResolution=[240, 200])
 counts = [mapper.render_count]
@@ -89,28 +93,7 @@ def test_neural_render_in_a_paraview_view_follows_its_camera_and_colour_map(pv_e
     assert image_psnr(moved, neural, peak=255.0) < 30.0  # the camera move shows in the image
 
 
-CACHE_BODY = """
-import json, os, sys, time
-from paraview.simple import *
-LoadPlugin({plugin!r}, ns=globals())
-sys.path.insert(0, {examples!r})
-import render_paraview
-OUT = {out!r}
-source = NeuralVolumeSource(FileName={model!r})
-source.SamplingDimensions = {dims!r}
-view = GetActiveViewOrCreate("RenderView")
-view.ViewSize = [240, 200]
-view.OrientationAxesVisibility = 0
-display = Show(source, view)
-display.SetRepresentationType("Volume")
-ColorBy(display, ("POINTS", "density"))
-GetColorTransferFunction("density").ApplyPreset("Cool to Warm", True)
-view.ResetCamera()
-camera = view.GetActiveCamera()
-camera.Azimuth(30)
-camera.Elevation(20)
-Render(view)
-SaveScreenshot(os.path.join(OUT, "paraview.png"), view, ImageResolution=[240, 200])
+CACHE_BODY = SCENE + """
 mapper = render_paraview.attach(source, view)
 mapper.SetBrickSize(8)
 Render(view)
