@@ -115,11 +115,12 @@ def tensor_roles(field) -> dict[str, str]:
 
 
 def channel_count(shape, role: str) -> int:
-    """Channels with their own offset and scale: a grid ``[M, C, ...]`` has ``M*C`` (one per grid and feature),
+    """Channels with their own offset and scale: a grid ``[..., D, H, W]`` has one per leading index (``M*C``: per
+    grid and feature; per key frame too in a time-varying model),
     a 1-D grid (a hash table) one; a weight matrix one per output row, a bias one."""
     shape = tuple(shape)
-    if role == "grid":
-        return int(np.prod(shape[:2])) if len(shape) >= 4 else 1
+    if role == "grid":  # [M, C, D, H, W], or [K, M, C, D, H, W] for a time-varying model's key frames
+        return int(np.prod(shape[:-3])) if len(shape) >= 4 else 1
     return int(shape[0]) if len(shape) >= 2 else 1
 
 
@@ -269,10 +270,10 @@ def _encode_sz3(t: torch.Tensor, entry: dict, relative_bound: float) -> bytes:
 
 
 def _channel_shape(shape, channels: int) -> tuple[int, ...]:
-    """Shape of one channel: the trailing axes of a ``[M, C, D, H, W]`` grid, else the flattened rest."""
+    """Shape of one channel: the trailing ``(D, H, W)`` of a grid, else the flattened rest."""
     shape = tuple(int(s) for s in shape)
-    if len(shape) >= 4 and channels == shape[0] * shape[1]:
-        return shape[2:]
+    if len(shape) >= 4 and channels == int(np.prod(shape[:-3])):
+        return shape[-3:]
     return (int(np.prod(shape)) // channels,)
 
 

@@ -66,7 +66,7 @@ def channel_dims(shape, role: str) -> int:
     """Leading axes that index :func:`~srn_core.compression.quantize`'s channels (its ``channel_count``):
     grid ``[M, C, ...]`` 2, a 1-D hash table 0; a weight matrix 1 (one per output row), a bias 0."""
     if role == "grid":
-        return 2 if len(shape) >= 4 else 0
+        return len(shape) - 3 if len(shape) >= 4 else 0
     return 1 if len(shape) >= 2 else 0
 
 
@@ -96,12 +96,13 @@ class _Normalized(nn.Module):
         super().__init__()
         self.field = field
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.field.normalized(points)
+    def forward(self, points: torch.Tensor, t: float | None = None) -> torch.Tensor:
+        return self.field.normalized(points) if t is None else self.field.normalized_at(points, t)
 
 
-def quantized_forward(field: nn.Module, points: torch.Tensor, compression: Compression) -> torch.Tensor:
-    """``field.normalized(points)`` computed with the parameters as ``compression`` stores them (straight-through
-    gradient to the float32 parameters)."""
+def quantized_forward(field: nn.Module, points: torch.Tensor, compression: Compression,
+                      t: float | None = None) -> torch.Tensor:
+    """``field.normalized(points)`` (a time-varying field's ``normalized_at(points, t)``) computed with the
+    parameters as ``compression`` stores them (straight-through gradient to the float32 parameters)."""
     params = {f"field.{k}": v for k, v in quantized_parameters(field, compression).items()}
-    return functional_call(_Normalized(field), params, (points,), strict=False)
+    return functional_call(_Normalized(field), params, (points, t), strict=False)

@@ -36,6 +36,42 @@ class NeuralVolume:
     that has never been in a file."""
     storage: dict[str, Any] | None = None
     """How that file stores each tensor (:mod:`srn_core.compression`); ``None`` for float32."""
+    time_steps: list[float] | None = None
+    """A time-varying model's training time steps (the values ParaView's animation offers), increasing;
+    ``None`` for a static model. The model answers any time between the first and the last."""
+    time_unit: str = ""
+    """What a time value means (the data's time coordinate units, e.g. ``hours since 1970-01-01``); may be empty."""
+
+    # ---- time ------------------------------------------------------------------------------------
+    @property
+    def is_time_varying(self) -> bool:
+        return self.time_steps is not None
+
+    @property
+    def time_range(self) -> tuple[float, float] | None:
+        return (self.time_steps[0], self.time_steps[-1]) if self.time_steps else None
+
+    def check_time(self, t: float, what: str = "time") -> float:
+        """``t`` as a float, or one clear error when it lies outside the model's time range."""
+        t = float(t)
+        lo, hi = self.time_range
+        span = max(abs(lo), abs(hi), hi - lo, 1.0) * 1e-9  # a step written as text and read back still counts
+        if not (lo - span <= t <= hi + span):
+            raise ValueError(f"{what} {t:g} is outside the model's time range [{lo:g}, {hi:g}].")
+        return min(max(t, lo), hi)
+
+    def at_time(self, t: float | None) -> "NeuralVolume":
+        """The static model at time ``t`` (clamped to the time range, as VTK readers answer a time outside
+        theirs); a static model returns itself whatever ``t`` is. ``t=None`` on a time-varying model is an error."""
+        if not self.is_time_varying:
+            return self
+        if t is None:
+            raise ValueError(f"model {self.source or 'in memory'} is time-varying ({len(self.time_steps)} steps "
+                             f"from {self.time_steps[0]:g} to {self.time_steps[-1]:g}); give a time.")
+        lo, hi = self.time_range
+        t = min(max(float(t), lo), hi)
+        return NeuralVolume(self.field.frame(t), self.geometry, self.array_name, self.training, self.source,
+                            self.file_bytes, self.storage)
 
     @property
     def bounds(self):
@@ -51,14 +87,19 @@ class NeuralVolume:
         return self.field.num_parameters()
 
     @property
+    def data_points(self) -> int:
+        """Values in the training data: the grid's points, times the time steps of a time-varying model."""
+        return self.geometry.num_points * (len(self.time_steps) if self.time_steps else 1)
+
+    @property
     def parameter_ratio(self) -> float:
         """float32 bytes of the training data / float32 bytes of the parameters."""
-        return self.geometry.num_points / max(1, self.num_parameters)
+        return self.data_points / max(1, self.num_parameters)
 
     @property
     def file_ratio(self) -> float | None:
         """float32 bytes of the training data / bytes of the model's file; ``None`` without a file."""
-        return self.geometry.num_points * 4 / self.file_bytes if self.file_bytes else None
+        return self.data_points * 4 / self.file_bytes if self.file_bytes else None
 
     @property
     def compression_ratio(self) -> float:
@@ -67,10 +108,11 @@ class NeuralVolume:
         return self.file_ratio or self.parameter_ratio
 
     def resample(self, geometry: ImageGeometry | None = None, extent=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 outside: str = "clamp", fill_value: float = 0.0):
-        """The model sampled on ``geometry`` (default: the training data's grid) as float32 ``(nz, ny, nx)``."""
-        return evaluate_image(self.field, geometry or self.geometry, self.bounds, extent, chunk_size, outside,
-                              fill_value)
+                 outside: str = "clamp", fill_value: float = 0.0, time: float | None = None):
+        """The model sampled on ``geometry`` (default: the training data's grid) as float32 ``(nz, ny, nx)``,
+        at ``time`` for a time-varying model (required there, ignored by a static one)."""
+        return evaluate_image(self.at_time(time).field, geometry or self.geometry, self.bounds, extent, chunk_size,
+                              outside, fill_value)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -81,6 +123,7 @@ class NeuralVolume:
             "value_range": list(self.value_range),
             "geometry": self.geometry.to_dict(),
             "training": self.training,
+            **({"time_steps": list(self.time_steps), "time_unit": self.time_unit} if self.is_time_varying else {}),
         }
 
     # ---- files (loading any model path is srn_core.loading.load_model) ------------------------------
@@ -96,10 +139,9 @@ class NeuralVolume:
         the written file.
         """
         if compression is not None and reference is not None:
-            from .metrics import psnr
+            from .series import series_psnr
 
-            stored = self.compressed(compression).resample(chunk_size=chunk_size)
-            measured = psnr(reference.values, stored, mask=reference.finite_mask)
+            measured = series_psnr(self.compressed(compression), reference, chunk_size)["psnr"]
             if "psnr" in self.training:
                 self.training.setdefault("psnr_before_quantization", self.training["psnr"])
             self.training["psnr"] = measured
@@ -138,6 +180,7 @@ class NeuralVolume:
         """
         where = f"model file {source!r}"
         architecture, config, value_range, geometry, array_name, training = _checked_metadata(meta, where)
+        time_steps, time_unit = _checked_time(meta, where, architecture)
         state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         try:
             with torch.device("meta"):
@@ -158,7 +201,8 @@ class NeuralVolume:
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
         field.to(device).eval()
-        return cls(field, geometry, array_name, training, source, storage=storage)
+        return cls(field, geometry, array_name, training, source, storage=storage, time_steps=time_steps,
+                   time_unit=time_unit)
 
     def describe(self) -> str:
         """A human-readable summary (what ``srn info`` prints)."""
@@ -170,8 +214,9 @@ class NeuralVolume:
             f"parameters    {self.num_parameters:,} ({self.num_parameters * 4 / 1e6:.3f} MB as float32; "
             f"{self.parameter_ratio:.1f}x vs the float32 data)",
             f"array         {self.array_name}  range [{lo:.6g}, {hi:.6g}]",
-            f"data dims     {g.dims[0]} x {g.dims[1]} x {g.dims[2]} points ({g.num_points:,}; "
-            f"{format_bytes(g.num_points * 4)} as float32)",
+            f"data dims     {g.dims[0]} x {g.dims[1]} x {g.dims[2]} points ({g.num_points:,}"
+            + (f" x {len(self.time_steps)} steps" if self.time_steps else "")
+            + f"; {format_bytes(self.data_points * 4)} as float32)",
             *([f"file          {self.file_bytes:,} bytes ({self.storage_description}); "
                f"ratio {self.file_ratio:.1f}x vs the float32 data"] if self.file_bytes else []),
             f"origin        {tuple(round(v, 6) for v in g.origin)}",
@@ -179,6 +224,11 @@ class NeuralVolume:
             f"bounds        {tuple(round(v, 6) for v in g.bounds)}",
             "config        " + ", ".join(f"{k}={v}" for k, v in self.field.config_dict().items()),
         ]
+        if self.is_time_varying:
+            unit = f" ({self.time_unit})" if self.time_unit else ""
+            lines.insert(4, f"time steps    {len(self.time_steps)}{unit}: " + ", ".join(f"{t:g}" for t in self.time_steps))
+            lines.insert(5, f"key frames    {len(self.field.config.key_times)}: "
+                            + ", ".join(f"{t:g}" for t in self.field.config.key_times))
         width = max((len(k) for k in self.training), default=0) + 2  # keys such as stopped_because stay apart
         for k, v in self.training.items():
             lines.append(f"training.{k:<{width}}{v}")
@@ -221,6 +271,22 @@ def _checked_metadata(meta: dict[str, Any], where: str):
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{where} has an invalid geometry ({_first_line(exc)}).") from None
     return architecture, config, tuple(value_range), geometry, array_name, training
+
+
+def _checked_time(meta: dict[str, Any], where: str, architecture) -> tuple[list[float] | None, str]:
+    """``(time_steps, time_unit)`` of valid metadata: increasing finite numbers, present exactly for a
+    time-varying model."""
+    steps = meta.get("time_steps")
+    if architecture != "time_varying":
+        if steps is not None:
+            raise ModelFileError(f"{where} is damaged: a static {architecture} model declares time steps.")
+        return None, ""
+    if (not isinstance(steps, list) or not steps
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in steps)
+            or any(not (b > a) for a, b in zip(steps, steps[1:]))):
+        raise ModelFileError(f"{where} is damaged: time_steps must be increasing numbers, got {steps!r}.")
+    unit = meta.get("time_unit", "")
+    return [float(v) for v in steps], unit if isinstance(unit, str) else ""
 
 
 def _check_state_shapes(shell: Field, state: dict[str, torch.Tensor], where: str) -> None:

@@ -16,6 +16,8 @@
   writes one and raises :class:`TrainingInterrupted`.
 * :func:`fit` is the entry point of every front end: it builds the field from a parameter budget with
   seed-only initial weights and the architecture's defaults, then calls :func:`train`.
+* A :class:`~srn_core.series.TimeSeries` trains one time-varying model (:mod:`.fields.time_varying`): each step's
+  batch is split over up to ``steps_per_batch`` time steps drawn at random, each compared with its own volume.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ import torch.nn.functional as F
 from .compression import Compression
 from .compression_aware import grid_penalty, quantized_forward
 from .data import Volume
-from .fields import Field, field_for_budget
+from .fields import Field, TimeVaryingField, field_for_budget
 from .memory import check_allocation
 from .metrics import psnr as psnr_of
 from .devices import resolve_device
 from .model import NeuralVolume
 from .modelfile import ModelFileError, load_tensors, save_tensors
+from .series import TimeSeries, series_psnr
 
 
 @dataclass
@@ -85,9 +88,12 @@ class TrainConfig:
     """Final fraction of ``steps`` (or of ``time_limit``) trained quantization-aware: the forward pass uses the
     grids and decoder as the file's ``compression`` stores them (straight-through gradient). Only when
     :func:`train` is given a ``compression``; a float32 file has nothing to adapt to."""
+    steps_per_batch: int = 4
+    """Time series only: how many time steps (drawn at random each step) share one batch of points. More
+    steps per batch spread each update over time; fewer give each step's grids larger batches."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every_steps"):
+        for name in ("steps", "batch_size", "checkpoint_every_steps", "steps_per_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.lr is not None and not (self.lr > 0):
@@ -175,11 +181,12 @@ class _Interrupts:
         self.previous.clear()
 
 
-def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
+def train(volume: Volume | TimeSeries, field: Field, config: TrainConfig = TrainConfig(),
           checkpoint: str | os.PathLike | None = None, resume: bool = False,
           callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25,
           compression: Compression | None = None) -> TrainResult:
-    """Fit ``field`` to ``volume``; returns the trained :class:`NeuralVolume` with its final PSNR.
+    """Fit ``field`` to ``volume`` (a :class:`TimeSeries` needs a time-varying field); returns the trained
+    :class:`NeuralVolume` with its final PSNR (over the whole series, and per step in ``training``).
 
     ``compression``: how the model file will be stored, for ``config.qat_fraction`` (quantization-aware final
     steps); ``None`` (a float32 file) trains in float32 throughout.
@@ -227,13 +234,16 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
         saver.save()  # the finished state: a failed model write can be redone with resume, without training
         field.eval()
         model = NeuralVolume(field, volume.geometry, volume.name)
+        if isinstance(volume, TimeSeries):
+            model.time_steps, model.time_unit = list(volume.times), volume.time_unit
         # The evaluation may take longer than the training but only measures: an interrupt ends it at once, and
         # the model is returned without a PSNR instead of being lost.
-        final_psnr = math.nan
+        final_psnr, per_step = math.nan, None
         try:
             interrupts.deferring = False
             if interrupts.received is None:  # none arrived while the last checkpoint was written
-                final_psnr = psnr_of(volume.values, model.resample(), mask=volume.finite_mask)
+                measured = series_psnr(model, volume)
+                final_psnr, per_step = measured["psnr"], measured.get("psnr_per_step")
         except KeyboardInterrupt:
             pass
         finally:
@@ -252,6 +262,9 @@ def train(volume: Volume, field: Field, config: TrainConfig = TrainConfig(),
             model.training[key] = getattr(config, key)
     if state.qat_from is not None:
         model.training["quantization_aware_from"] = state.qat_from
+    if per_step is not None:
+        model.training["psnr_per_step"] = [round(v, 4) for v in per_step]
+        model.training["steps_per_batch"] = config.steps_per_batch
     if math.isnan(final_psnr):
         del model.training["psnr"]  # unknown, not NaN: readers treat a present "psnr" as a measurement
     return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
@@ -290,10 +303,10 @@ class _CheckpointSaver:
         self.last_time, self.last_step = time.perf_counter(), self.state.step
 
 
-def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None,
+def fit(volume: Volume | TimeSeries, architecture: str = "apmgsrn", budget: int | None = None,
         config: TrainConfig = TrainConfig(), *, checkpoint: str | os.PathLike | None = None, resume: bool = False,
         callback: Callable[[TrainProgress], bool | None] | None = None, callback_every: int = 25,
-        compression: Compression | None = None) -> TrainResult:
+        compression: Compression | None = None, key_frames: int | None = None) -> TrainResult:
     """Build a field of ``architecture`` with about ``budget`` parameters and train it on ``volume``.
 
     The one entry point of every front end (the ``srn`` command, Train Neural Volume), so a seed means the same
@@ -301,9 +314,16 @@ def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None
     ``config.lr=None`` means the architecture's own ``default_lr``. The initial weights are drawn inside
     :func:`torch.random.fork_rng` from ``config.seed``: they depend on the seed alone, and the caller's global
     random state is neither read nor changed.
+
+    A :class:`TimeSeries` gets a time-varying model of ``architecture``'s grids: ``budget`` (default: all steps'
+    points / 100) covers the whole series, and ``key_frames`` (default: one per time step) key frames spread
+    uniformly over its time range share one decoder.
     """
+    series = isinstance(volume, TimeSeries)
+    if key_frames is not None and not series:
+        raise ValueError(f"key_frames={key_frames} needs a time series; a single volume has no time.")
     if budget is None:
-        budget = volume.geometry.num_points // 100
+        budget = volume.geometry.num_points * (len(volume) if series else 1) // 100
     budget = int(budget)
     check_training_memory(budget, f"a parameter budget of {budget:,}")
     device = resolve_device(config.device)
@@ -313,9 +333,26 @@ def fit(volume: Volume, architecture: str = "apmgsrn", budget: int | None = None
         forked = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=forked):
         torch.manual_seed(config.seed)
-        field = field_for_budget(architecture, budget, volume.geometry.shape, volume.value_range)
+        if series:
+            field = TimeVaryingField(TimeVaryingField.config_for(
+                architecture, budget, volume.geometry.shape, key_times_for(volume.times, key_frames)),
+                volume.value_range)
+        else:
+            field = field_for_budget(architecture, budget, volume.geometry.shape, volume.value_range)
     return train(volume, field, config, checkpoint=checkpoint, resume=resume, callback=callback,
                  callback_every=callback_every, compression=compression)
+
+
+def key_times_for(times, key_frames: int | None) -> list[float]:
+    """Key frame times: the data's own ``times`` (``key_frames`` None or their number), else ``key_frames``
+    times spread evenly from the first to the last."""
+    if key_frames is None or int(key_frames) == len(times):
+        return [float(t) for t in times]
+    k = int(key_frames)
+    if not 1 <= k <= len(times) or (k == 1 and len(times) > 1):
+        raise ValueError(f"key_frames must be from 2 to the series' {len(times)} steps, got {key_frames}.")
+    lo, hi = float(times[0]), float(times[-1])
+    return [lo + (hi - lo) * i / (k - 1) for i in range(k)] if k > 1 else [lo]
 
 
 def check_training_memory(budget: int, what: str) -> None:
@@ -339,7 +376,14 @@ class _TrainState:
         field.value_range.copy_(torch.tensor([lo, hi]))
         scale = (hi - lo) if hi > lo else 1.0
         # Normalised targets in [0, 1]; NaN (masked) voxels propagate to NaN targets, which are dropped.
-        self.target = torch.from_numpy((volume.values - lo) / scale).to(device)[None, None]
+        if isinstance(volume, TimeSeries):
+            if not isinstance(field, TimeVaryingField):
+                raise ValueError(f"a time series needs a time-varying field, got {field.architecture}.")
+            self.times = list(volume.times)
+            self.targets = [torch.from_numpy((s.values - lo) / scale).to(device)[None, None] for s in volume.steps]
+        else:
+            self.times = None
+            self.targets = [torch.from_numpy((volume.values - lo) / scale).to(device)[None, None]]
         self.masked = volume.mask_nonfinite
         field.to(device).train()
         groups = field.parameter_groups(config.lr)
@@ -371,17 +415,20 @@ class _TrainState:
         t0 = time.perf_counter()
         c = self.config
         points = (torch.rand(c.batch_size, 3, generator=self.generator) * 2 - 1).to(self.device)
+        if self.times is None:
+            groups = [(None, points)]
+        else:  # the batch split evenly over a few time steps drawn at random
+            chosen = torch.randperm(len(self.times), generator=self.generator)[:c.steps_per_batch].tolist()
+            groups = list(zip(chosen, points.tensor_split(len(chosen))))
         with torch.no_grad():
-            target = F.grid_sample(self.target, points.view(1, 1, 1, -1, 3), mode="bilinear",
-                                   padding_mode="border", align_corners=True).view(-1)
+            target = torch.cat([F.grid_sample(self.targets[i or 0], p.view(1, 1, 1, -1, 3), mode="bilinear",
+                                              padding_mode="border", align_corners=True).view(-1)
+                                for i, p in groups])
         if self.compression is not None and self.qat_from is None and (
                 self.step >= (1 - c.qat_fraction) * c.steps or (
                 c.time_limit is not None and self.seconds >= (1 - c.qat_fraction) * c.time_limit)):
             self.qat_from = self.step
-        if self.qat_from is not None:
-            pred = quantized_forward(self.field, points, self.compression)
-        else:
-            pred = self.field.normalized(points)
+        pred = torch.cat([self._predict(p, None if i is None else self.times[i]) for i, p in groups])
         if self.masked:
             # Zero the targets before differencing: a NaN inside the graph would poison the gradient.
             valid = torch.isfinite(target)
@@ -401,6 +448,11 @@ class _TrainState:
             self.scheduler.step(sum(self.losses) / len(self.losses))
         self.step += 1
         self.seconds += time.perf_counter() - t0
+
+    def _predict(self, points: torch.Tensor, t: float | None) -> torch.Tensor:
+        if self.qat_from is not None:
+            return quantized_forward(self.field, points, self.compression, t)
+        return self.field.normalized(points) if t is None else self.field.normalized_at(points, t)
 
     def _density_step(self, points: torch.Tensor, err: torch.Tensor) -> None:
         c = self.config

@@ -6,9 +6,10 @@ from .ensemble import EnsembleField
 from .fvsrn import FVSRN
 from .ngp import NGP
 from .siren import SIREN
+from .time_varying import TimeVaryingField
 
 # Each architecture lives in its own module; this table is the one place that maps names to them.
-FIELDS: dict[str, type[Field]] = {cls.architecture: cls for cls in (APMGSRN, EnsembleField, FVSRN, NGP, SIREN)}
+FIELDS: dict[str, type[Field]] = {cls.architecture: cls for cls in (APMGSRN, EnsembleField, FVSRN, NGP, SIREN, TimeVaryingField)}
 
 
 def field_class(architecture: str) -> type[Field]:
@@ -30,4 +31,4 @@ def field_for_budget(architecture: str, num_params: int, data_shape_zyx, value_r
     return cls(cls.config_for_budget(checked_budget(num_params), data_shape_zyx), value_range)
 
 
-__all__ = ["Field", "FIELDS", "APMGSRN", "APMGSRNConfig", "field_class", "build_field", "field_for_budget"]
+__all__ = ["Field", "FIELDS", "APMGSRN", "APMGSRNConfig", "field_class", "build_field", "field_for_budget", "TimeVaryingField"]

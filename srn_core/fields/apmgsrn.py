@@ -164,6 +164,17 @@ class APMGSRN(Field):
         shape = fit_grid_shape(voxels, data_shape_zyx)
         return APMGSRNConfig(n_grids=n_grids, n_features=n_features, grid_shape=shape, width=width)
 
+    @classmethod
+    def config_for_frames(cls, num_params: int, data_shape_zyx, frames: int) -> APMGSRNConfig:
+        """The config whose decoder suits the whole ``num_params`` and whose grids, stored once per key frame
+        (``frames`` copies, :mod:`.time_varying`), fill the rest: the shared decoder is paid once."""
+        whole = cls.config_for_budget(num_params, data_shape_zyx)
+        per_grid = whole.n_grids * whole.n_features
+        decoder = MLP.count(per_grid, 1, whole.width, 2) + whole.n_grids * 16
+        voxels = max(8, (num_params - decoder) // (per_grid * max(1, int(frames))))
+        return APMGSRNConfig(n_grids=whole.n_grids, n_features=whole.n_features,
+                             grid_shape=fit_grid_shape(voxels, data_shape_zyx), width=whole.width)
+
 
 
 class _FlatTop(torch.autograd.Function):
