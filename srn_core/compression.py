@@ -505,18 +505,24 @@ def estimated_file_bytes(field, compression: Compression | None) -> int:
 
 
 def parameters_for_file_size(architecture: str, nbytes: float, data_shape_zyx,
-                             compression: Compression | None) -> int:
+                             compression: Compression | None, key_times=None) -> int:
     """The largest parameter budget whose model file (``architecture`` sized for the data) fits ``nbytes``.
 
     Budgets map to configurations in steps (grid shapes, widths), so the search is a bisection on the budget
     with each candidate's file size estimated from a shell built on torch's ``meta`` device (no memory).
+    With ``key_times`` the model is a time-varying one of ``architecture`` with those key frames
+    (:class:`~srn_core.fields.TimeVaryingField`, what :func:`~srn_core.training.fit` builds for a series).
     """
-    from .fields import field_for_budget
+    from .fields import TimeVaryingField, field_for_budget
     from .fields.base import MIN_BUDGET
 
     def size(budget: int) -> int:
         with torch.device("meta"):
-            shell = field_for_budget(architecture, budget, data_shape_zyx)
+            if key_times is None:
+                shell = field_for_budget(architecture, budget, data_shape_zyx)
+            else:
+                shell = TimeVaryingField(TimeVaryingField.config_for(architecture, budget, data_shape_zyx,
+                                                                     list(key_times)))
         return estimated_file_bytes(shell, compression)
 
     smallest = MIN_BUDGET

@@ -268,3 +268,16 @@ def test_an_ensemble_compresses_brick_by_brick(tmp_path):
         original = field.state_dict()[name]
         codes, offset, scale = quantize(original, 8, channels=2)
         assert torch.equal(loaded.field.state_dict()[name], dequantize(codes, offset, scale, original.shape))
+
+
+def test_a_file_size_budget_for_a_time_varying_model_counts_every_key_frame():
+    from srn_core.compression import estimated_file_bytes, parameters_for_file_size
+    from srn_core.fields import TimeVaryingField
+
+    key_times = [0.0, 1.0, 2.0, 3.0]
+    budget = parameters_for_file_size("apmgsrn", 40_000, (5, 40, 50), Compression(), key_times=key_times)
+    shell = TimeVaryingField(TimeVaryingField.config_for("apmgsrn", budget, (5, 40, 50), key_times))
+    assert 0.9 * 40_000 <= estimated_file_bytes(shell, Compression()) <= 40_000
+    # Four key frames of 8-bit grids share one decoder: about four times the parameters of one static file.
+    single = parameters_for_file_size("apmgsrn", 10_000, (5, 40, 50), Compression())
+    assert budget > 3.5 * single, (budget, single)
