@@ -96,13 +96,18 @@ class _Normalized(nn.Module):
         super().__init__()
         self.field = field
 
-    def forward(self, points: torch.Tensor, t: float | None = None) -> torch.Tensor:
-        return self.field.normalized(points) if t is None else self.field.normalized_at(points, t)
+    def forward(self, points: torch.Tensor, t=None) -> torch.Tensor:
+        if t is None:
+            return self.field.normalized(points)
+        if isinstance(t, (list, tuple)):  # a time-varying field's batch of times, points (S, n, 3)
+            return self.field.normalized_times(points, t)
+        return self.field.normalized_at(points, t)
 
 
 def quantized_forward(field: nn.Module, points: torch.Tensor, compression: Compression,
-                      t: float | None = None) -> torch.Tensor:
-    """``field.normalized(points)`` (a time-varying field's ``normalized_at(points, t)``) computed with the
-    parameters as ``compression`` stores them (straight-through gradient to the float32 parameters)."""
+                      t=None) -> torch.Tensor:
+    """``field.normalized(points)`` (a time-varying field's ``normalized_at(points, t)``, or ``normalized_times``
+    for a list of times) computed with the parameters as ``compression`` stores them (straight-through gradient
+    to the float32 parameters)."""
     params = {f"field.{k}": v for k, v in quantized_parameters(field, compression).items()}
     return functional_call(_Normalized(field), params, (points, t), strict=False)

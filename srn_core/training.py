@@ -16,8 +16,11 @@
   writes one and raises :class:`TrainingInterrupted`.
 * :func:`fit` is the entry point of every front end: it builds the field from a parameter budget with
   seed-only initial weights and the architecture's defaults, then calls :func:`train`.
-* A :class:`~srn_core.series.TimeSeries` trains one time-varying model (:mod:`.fields.time_varying`): each step's
-  batch is split over up to ``steps_per_batch`` time steps drawn at random, each compared with its own volume.
+* A :class:`~srn_core.series.TimeSeries` trains one time-varying model (:mod:`.fields.time_varying`). Each
+  step's batch is split evenly over every time step (or ``steps_per_batch`` drawn at random), each part compared
+  with its own volume, and ``between_fraction`` of it over random times between neighbouring steps, compared with
+  the linear interpolation of the two: what keeps the key frames' features interpolable (section 3 of
+  ``docs/time-varying.md`` has the measurements).
 """
 
 from __future__ import annotations
@@ -88,12 +91,17 @@ class TrainConfig:
     """Final fraction of ``steps`` (or of ``time_limit``) trained quantization-aware: the forward pass uses the
     grids and decoder as the file's ``compression`` stores them (straight-through gradient). Only when
     :func:`train` is given a ``compression``; a float32 file has nothing to adapt to."""
-    steps_per_batch: int = 4
-    """Time series only: how many time steps (drawn at random each step) share one batch of points. More
-    steps per batch spread each update over time; fewer give each step's grids larger batches."""
+    steps_per_batch: int | None = None
+    """Time series only: how many time steps (drawn at random each step) share one batch of points; ``None``:
+    all of them. A key frame left out of a step still moves (Adam's momentum) without a gradient, so fewer
+    steps per batch trained worse in every measurement (``docs/time-varying.md``)."""
+    between_fraction: float = 0.25
+    """Time series only: the fraction of each batch drawn at random times between neighbouring steps, with the
+    linear interpolation of the two steps as target. Without it nothing constrains the model between its key
+    frames, and the blend of two frames' features decoded far from both frames' values."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every_steps", "steps_per_batch"):
+        for name in ("steps", "batch_size", "checkpoint_every_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.lr is not None and not (self.lr > 0):
@@ -103,6 +111,10 @@ class TrainConfig:
         for name in ("grid_tv_weight", "grid_l1_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {getattr(self, name)!r}.")
+        if self.steps_per_batch is not None and int(self.steps_per_batch) < 1:
+            raise ValueError(f"steps_per_batch must be a positive integer or None (all), got {self.steps_per_batch!r}.")
+        if not 0 <= self.between_fraction < 1:
+            raise ValueError(f"between_fraction must be a fraction from 0 to below 1, got {self.between_fraction!r}.")
         if not 0 <= self.qat_fraction <= 1:
             raise ValueError(f"qat_fraction must be a fraction from 0 to 1, got {self.qat_fraction!r}.")
 
@@ -264,7 +276,8 @@ def train(volume: Volume | TimeSeries, field: Field, config: TrainConfig = Train
         model.training["quantization_aware_from"] = state.qat_from
     if per_step is not None:
         model.training["psnr_per_step"] = [round(v, 4) for v in per_step]
-        model.training["steps_per_batch"] = config.steps_per_batch
+        model.training["steps_per_batch"] = config.steps_per_batch or len(volume)
+        model.training["between_fraction"] = config.between_fraction
     if math.isnan(final_psnr):
         del model.training["psnr"]  # unknown, not NaN: readers treat a present "psnr" as a measurement
     return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
@@ -416,19 +429,17 @@ class _TrainState:
         c = self.config
         points = (torch.rand(c.batch_size, 3, generator=self.generator) * 2 - 1).to(self.device)
         if self.times is None:
-            groups = [(None, points)]
-        else:  # the batch split evenly over a few time steps drawn at random
-            chosen = torch.randperm(len(self.times), generator=self.generator)[:c.steps_per_batch].tolist()
-            groups = list(zip(chosen, points.tensor_split(len(chosen))))
-        with torch.no_grad():
-            target = torch.cat([F.grid_sample(self.targets[i or 0], p.view(1, 1, 1, -1, 3), mode="bilinear",
-                                              padding_mode="border", align_corners=True).view(-1)
-                                for i, p in groups])
+            with torch.no_grad():
+                target = self._sample(0, points)
+            groups = [(points, None)]
+        else:
+            groups, target = self._time_groups(points)
+            points = torch.cat([p.reshape(-1, 3) for p, _ in groups])
         if self.compression is not None and self.qat_from is None and (
                 self.step >= (1 - c.qat_fraction) * c.steps or (
                 c.time_limit is not None and self.seconds >= (1 - c.qat_fraction) * c.time_limit)):
             self.qat_from = self.step
-        pred = torch.cat([self._predict(p, None if i is None else self.times[i]) for i, p in groups])
+        pred = torch.cat([self._predict(p, times).reshape(-1) for p, times in groups])
         if self.masked:
             # Zero the targets before differencing: a NaN inside the graph would poison the gradient.
             valid = torch.isfinite(target)
@@ -449,10 +460,39 @@ class _TrainState:
         self.step += 1
         self.seconds += time.perf_counter() - t0
 
-    def _predict(self, points: torch.Tensor, t: float | None) -> torch.Tensor:
+    def _sample(self, step: int, points: torch.Tensor) -> torch.Tensor:
+        """Step ``step``'s normalised trilinear values ``(N,)`` at ``points`` ``(N, 3)``."""
+        return F.grid_sample(self.targets[step], points.reshape(1, 1, 1, -1, 3), mode="bilinear",
+                             padding_mode="border", align_corners=True).view(-1)
+
+    def _time_groups(self, points: torch.Tensor):
+        """A series batch: ``([(points (S, n, 3), S times), ...], targets)``. The stored steps (all, or
+        ``steps_per_batch`` at random) share ``1 - between_fraction`` of the points; one random time inside each
+        interval between neighbouring steps shares the rest, its target the two steps' linear interpolation."""
+        c, times = self.config, self.times
+        count = len(times)
+        chosen = list(range(count)) if c.steps_per_batch is None or c.steps_per_batch >= count else \
+            sorted(torch.randperm(count, generator=self.generator)[:c.steps_per_batch].tolist())
+        between = int(round(c.batch_size * c.between_fraction)) // (count - 1) if count > 1 else 0
+        stored = (c.batch_size - between * (count - 1)) // len(chosen)
+        groups, targets = [], []
+        with torch.no_grad():
+            p = points[:stored * len(chosen)].view(len(chosen), stored, 3)
+            groups.append((p, [times[i] for i in chosen]))
+            targets += [self._sample(i, p[k]) for k, i in enumerate(chosen)]
+            if between:
+                u = torch.rand(count - 1, generator=self.generator).tolist()
+                p = points[stored * len(chosen):stored * len(chosen) + between * (count - 1)].view(count - 1, between, 3)
+                groups.append((p, [times[j] + u[j] * (times[j + 1] - times[j]) for j in range(count - 1)]))
+                targets += [torch.lerp(self._sample(j, p[j]), self._sample(j + 1, p[j]), u[j]) for j in range(count - 1)]
+        return groups, torch.cat(targets)
+
+    def _predict(self, points: torch.Tensor, times) -> torch.Tensor:
+        """Normalised predictions at ``points``: ``(N,)`` for a volume (``times`` None), ``(S, n)`` for a series
+        group."""
         if self.qat_from is not None:
-            return quantized_forward(self.field, points, self.compression, t)
-        return self.field.normalized(points) if t is None else self.field.normalized_at(points, t)
+            return quantized_forward(self.field, points, self.compression, times)
+        return self.field.normalized(points) if times is None else self.field.normalized_times(points, times)
 
     def _density_step(self, points: torch.Tensor, err: torch.Tensor) -> None:
         c = self.config

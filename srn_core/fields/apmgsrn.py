@@ -119,7 +119,23 @@ class APMGSRN(Field):
         return feats.reshape(m * c, n).t()
 
     def normalized(self, points: torch.Tensor) -> torch.Tensor:
-        feats = self.encode(points)
+        return self.decode(self.encode(points))
+
+    def normalized_with_grids(self, points: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``(S, n)`` for ``S`` sets of points ``(S, n, 3)``, set ``s`` read from its own feature
+        grids ``grids[s]`` (``(S, M, C, D, H, W)``): a time-varying model's ``S`` times in one pass (one
+        ``grid_sample`` over ``S * M`` grids and one decoder call, instead of ``S`` small ones)."""
+        m, c = self.config.n_grids, self.config.n_features
+        sets, n = points.shape[0], points.shape[1]
+        local = self.local_coordinates(points.reshape(-1, 3)).detach()  # (M, S*n, 3); see encode
+        local = local.view(m, sets, n, 3).transpose(0, 1).reshape(sets * m, 1, 1, n, 3)
+        feats = F.grid_sample(grids.reshape(sets * m, c, *grids.shape[-3:]), local, mode="bilinear",
+                              padding_mode="zeros", align_corners=True)  # (S*M, C, 1, 1, n)
+        feats = feats.view(sets, m * c, n).transpose(1, 2).reshape(sets * n, m * c)
+        return self.decode(feats).view(sets, n)
+
+    def decode(self, feats: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``(N,)`` for grid-major features ``(N, M*C)``."""
         if self.config.input_padding:
             feats = torch.cat([feats, feats.new_ones(feats.shape[0], self.config.input_padding)], dim=1)
         return self.decoder(feats)[:, 0]

@@ -130,6 +130,20 @@ class TimeVaryingField(Field):
         grids = {f"field.{name}": g for name, g in self.grids_at(t).items()}
         return torch.func.functional_call(_Normalized(self.base), grids, (points,), strict=False)
 
+    def normalized_times(self, points: torch.Tensor, times) -> torch.Tensor:
+        """Decoder output ``(S, n)`` for ``S`` sets of points ``(S, n, 3)``, set ``s`` at time ``times[s]``:
+        every time of a training batch in one pass where the base can (APMGSRN's ``normalized_with_grids``)."""
+        blends = [self.blend(t) for t in times]
+        if len(self.grid_names) == 1 and hasattr(self.base, "normalized_with_grids"):
+            frames = self.frames[_key(self.grid_names[0])]
+            k0 = torch.tensor([b[0] for b in blends], device=frames.device)
+            k1 = torch.tensor([b[1] for b in blends], device=frames.device)
+            w = torch.tensor([b[2] for b in blends], dtype=frames.dtype, device=frames.device)
+            w = w.view(-1, *([1] * (frames.dim() - 1)))
+            grids = torch.lerp(frames[k0], frames[k1], w)  # (S, M, C, D, H, W); exactly frames[k0] where w = 0
+            return self.base.normalized_with_grids(points, grids)
+        return torch.stack([self.normalized_at(p, t) for p, t in zip(points, times)])
+
     def frame(self, t: float) -> Field:
         """A static field (the base architecture) equal to this model at time ``t``; its grids are copies, so
         it stays valid while this model trains on."""
