@@ -13,11 +13,24 @@ from pathlib import Path
 from srn_core.memory import format_bytes, parse_bytes
 
 from . import compress_command, io, render_command
-from .arguments import non_negative_float, positive_float, positive_int
+from .arguments import non_negative_float, number, positive_float, positive_int
 from .compression_options import add_compression_options, compression_of, describe_file, describe_ratio, save_measured
 from .progress import progress_bar
 
 ARCHITECTURES = ("apmgsrn", "fvsrn", "ngp", "siren")
+
+finite_float = number(float, math.isfinite, "a finite number")
+
+
+def time_list(text: str) -> list[float]:
+    """``"0,0.5,2"`` -> ``[0.0, 0.5, 2.0]`` (``--times``)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers separated by commas, e.g. 0,0.5,2, got {text!r}.")
+    return values
 
 
 def parse_size(text: str) -> int:
@@ -38,23 +51,42 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--raw-dtype", help="dtype of a .raw file, e.g. <f4, uint8, >i2")
     g.add_argument("--mask-nonfinite", action="store_true",
                    help="exclude NaN/Inf voxels from training and metrics instead of refusing the input")
+    g = p.add_argument_group("time series input")
+    g.add_argument("--time", metavar="SEL",
+                   help="time steps of a series input to use: all (default), an index I, a list I,J,K or a slice "
+                        "A:B[:S] (end exclusive); one step is a single volume")
+    g.add_argument("--times", type=time_list, metavar="T0,T1,...",
+                   help="time value of each step of the input, comma separated, one per step before --time "
+                        "(default: the file's time coordinate, else 0, 1, 2, ... for a list of files)")
 
 
-def _read_input(args, path) -> "io.data.Volume":
-    return io.read_volume(path, args.array, args.mask_nonfinite, args.spacing, args.origin, args.axis_order,
-                          args.raw_shape, args.raw_dtype)
+def _read_input(args, paths, keep_series: bool = False):
+    """The input volume or time series of ``paths`` (files, globs or one series file)."""
+    return io.read_input(paths, args.array, args.mask_nonfinite, args.spacing, args.origin, args.axis_order,
+                         args.raw_shape, args.raw_dtype, time_selection=args.time, times=args.times,
+                         keep_series=keep_series)
+
+
+def _describe_times(series) -> str:
+    """``"3 (hours since 2000-01-01): 0, 6, 12"``: a series' steps, unit and time values."""
+    unit = f" ({series.time_unit})" if series.time_unit else ""
+    shown = series.times if len(series) <= 12 else [*series.times[:6], "...", *series.times[-5:]]
+    return f"{len(series)}{unit}: " + ", ".join(t if isinstance(t, str) else f"{t:g}" for t in shown)
 
 
 # ---- srn train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
     from srn_core.compression import warn_if_missed
+    from srn_core.series import TimeSeries
+    from srn_core.series_readers import expand_inputs
     from srn_core.training import TrainConfig, TrainingInterrupted, check_training_memory, fit
 
     out = Path(args.output)
     checkpoint = Path(str(out) + ".checkpoint")
     # Everything that could make a finished training unwritable is checked before hours of training.
-    io.check_model_output(out, args.input)
+    inputs = expand_inputs(args.input)
+    io.check_model_output(out, inputs)
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"checkpoint {str(checkpoint)!r} of an interrupted run exists; add --resume to continue it, "
                          f"or delete it to start afresh.")
@@ -63,13 +95,18 @@ def cmd_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, time_limit=args.time_limit, checkpoint_every_steps=args.checkpoint_every)
     compression = compression_of(args)
-    volume = _read_input(args, args.input)
+    volume = _read_input(args, inputs)
+    series = isinstance(volume, TimeSeries)
+    if args.key_frames is not None and not series:
+        raise ValueError(f"--key-frames {args.key_frames} needs a time series input; {_sources(inputs)} is one "
+                         f"volume.")
     n = volume.geometry.num_points
-    budget, target, asked = _budget(args, volume.geometry, compression)
+    budget, target, asked = _budget(args, volume, compression)
     check_training_memory(budget, asked)
     stored = compression.describe() if compression else "float32 parameters"
-    print(f"training {args.model} on {volume.name!r} {volume.geometry.dims} from {args.input}: {asked}; "
-          f"the file will hold {stored}", file=sys.stderr)
+    what = f"{len(volume)} time steps of " if series else ""
+    print(f"training {args.model} on {what}{volume.name!r} {volume.geometry.dims} from {_sources(inputs)}: "
+          f"{asked}; the file will hold {stored}", file=sys.stderr)
     bar = progress_bar(config.steps, "step", "train", quiet=args.quiet, interval=args.progress_interval)
 
     def report(p):
@@ -77,7 +114,8 @@ def cmd_train(args) -> int:
         bar.update(p.step - bar.n)
 
     try:
-        result = fit(volume, args.model, budget, config, checkpoint=checkpoint, resume=args.resume, callback=report)
+        result = fit(volume, args.model, budget, config, checkpoint=checkpoint, resume=args.resume, callback=report,
+                     key_frames=args.key_frames)
     except TrainingInterrupted as exc:
         bar.close()
         name = "SIGTERM" if exc.signal == signal.SIGTERM else "Ctrl-C"
@@ -85,7 +123,7 @@ def cmd_train(args) -> int:
               f"Run the same command with --resume to continue.", file=sys.stderr)
         return 128 + int(exc.signal or signal.SIGINT)
     bar.close()
-    result.model.training["source"] = str(args.input)
+    result.model.training["source"] = inputs[0] if len(inputs) == 1 else inputs
     try:
         m = save_measured(result.model, out, compression, volume)
     except OSError as exc:
@@ -99,8 +137,15 @@ def cmd_train(args) -> int:
         psnr += f" ({m.training['psnr_before_quantization']:.2f} dB before quantization)"
     print(f"model     {out}: {describe_file(m)}")
     print(f"steps     {result.steps} in {result.seconds:.1f} s ({result.stopped_because})")
-    print(f"PSNR      {psnr} over all {n:,} voxels" if measured else
+    if series:
+        print(f"time      {_describe_times(volume)}")
+    every = f"{n:,} voxels x {len(volume)} time steps" if series else f"{n:,} voxels"
+    print(f"PSNR      {psnr} over all {every}" if measured else
           "PSNR      not measured (interrupted during the final evaluation)")
+    if measured and series and "psnr_per_step" in result.model.training:
+        float_model = " (float32 model, before quantization)" if compression else ""
+        print("per step  " + ", ".join(f"{p:.2f}" for p in result.model.training["psnr_per_step"])
+              + f" dB{float_model}")
     print(f"ratio     {describe_ratio(m)}")
     if target is not None:
         warn_if_missed(m.file_bytes, target, f"the model file {str(out)!r}")
@@ -111,20 +156,33 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _budget(args, geometry, compression):
-    """``(parameters, target file bytes or None, what the user asked)``: ``--ratio`` and ``--size`` are the size of
-    the file written (data float32 bytes / ratio), so the budget is the largest model whose file fits it."""
-    from srn_core.compression import parameters_for_file_size
+def _sources(inputs) -> str:
+    return inputs[0] if len(inputs) == 1 else f"{len(inputs)} files ({inputs[0]} ... {inputs[-1]})"
 
+
+def _budget(args, volume, compression):
+    """``(parameters, target file bytes or None, what the user asked)``: ``--ratio`` and ``--size`` are the size of
+    the file written (data float32 bytes / ratio; a series' data are all its steps), so the budget is the largest
+    model whose file fits it (for a series, the time-varying model with its key frames)."""
+    from srn_core.compression import parameters_for_file_size
+    from srn_core.series import TimeSeries
+    from srn_core.training import key_times_for
+
+    series = isinstance(volume, TimeSeries)
+    try:
+        key_times = key_times_for(volume.times, args.key_frames) if series else None
+    except ValueError as exc:
+        raise ValueError(f"--key-frames {args.key_frames}: {exc}") from None
     if args.params:
         return args.params, None, f"--params {args.params}"
+    geometry = volume.geometry
     if args.size:
         target, asked, file = args.size, f"--size {format_bytes(args.size)}", ""
     else:
-        target = geometry.num_points * 4 / args.ratio
+        target = geometry.num_points * (len(volume) if series else 1) * 4 / args.ratio
         asked, file = f"--ratio {args.ratio:g}", f"a file of {format_bytes(target)}, "
     try:
-        budget = parameters_for_file_size(args.model, target, geometry.shape, compression)
+        budget = parameters_for_file_size(args.model, target, geometry.shape, compression, key_times=key_times)
     except ValueError as exc:
         raise ValueError(f"{asked}: {exc}") from None
     asked += f" ({file}{budget:,} parameters)"
@@ -139,30 +197,64 @@ def cmd_resample(args) -> int:
     from srn_core.geometry import ImageGeometry
     from srn_core.loading import load_model
 
-    io.check_output_suffix(args.output)
+    if args.all_steps:
+        if args.time is not None:
+            raise ValueError("--time and --all-steps exclude each other: one time, or every time step.")
+        io.check_series_output(args.output)
+    else:
+        io.check_output_suffix(args.output)
     model = load_model(args.model, resolve_device(args.device))
     model.field.clamp_output = not args.no_clamp
+    times = _resample_times(args, model)
     dims = tuple(args.dims) if args.dims else model.geometry.dims
     bounds = tuple(args.bounds) if args.bounds else model.bounds
     geometry = ImageGeometry.from_bounds(bounds, dims)
     asked = "--dims {} {} {}".format(*dims) if args.dims else "the grid {} x {} x {}".format(*dims)
     t0 = time.perf_counter()
+    bar = progress_bar(geometry.num_points * len(times), "point", "resample", quiet=args.quiet)
 
-    def pieces():
+    def pieces(t):
         # Stored as they come (.npy) or into VTK's one array (.vti): never a second output-sized copy.
-        bar = progress_bar(geometry.num_points, "point", "resample", quiet=args.quiet)
-        for values in image_chunks(model.field, geometry, model.bounds, chunk_size=args.chunk_size,
+        for values in image_chunks(model.at_time(t).field, geometry, model.bounds, chunk_size=args.chunk_size,
                                    outside=args.outside, fill_value=args.fill_value):
             yield values
             bar.update(values.shape[0])
-        bar.close()
 
-    io.stream_volume(args.output, geometry, model.array_name, pieces(), asked)
+    if args.all_steps:
+        written = io.stream_series(args.output, geometry, model.array_name, ((t, pieces(t)) for t in times),
+                                   len(times), asked)
+    else:
+        io.stream_volume(args.output, geometry, model.array_name, pieces(times[0]), asked)
+        written = args.output
+    bar.close()
     seconds = time.perf_counter() - t0
-    print(f"wrote {args.output}: {geometry.dims[0]} x {geometry.dims[1]} x {geometry.dims[2]} points of "
-          f"{model.array_name!r}, bounds {tuple(round(b, 6) for b in geometry.bounds)}, "
-          f"{geometry.num_points / seconds / 1e6:.2f} M points/s")
+    at = ""
+    if model.is_time_varying:
+        unit = f" {model.time_unit}" if model.time_unit else ""
+        at = (f" at {len(times)} time steps ({times[0]:g} to {times[-1]:g}{unit})" if args.all_steps
+              else f" at time {times[0]:g}{unit}")
+    print(f"wrote {written}: {geometry.dims[0]} x {geometry.dims[1]} x {geometry.dims[2]} points of "
+          f"{model.array_name!r}{at}, bounds {tuple(round(b, 6) for b in geometry.bounds)}, "
+          f"{geometry.num_points * len(times) / seconds / 1e6:.2f} M points/s")
     return 0
+
+
+def _resample_times(args, model) -> list:
+    """The times ``srn resample`` evaluates: ``[--time]``, the model's steps (``--all-steps``), or ``[None]``
+    for a static model; anything else one clear error."""
+    name = args.model
+    if not model.is_time_varying:
+        if args.time is not None or args.all_steps:
+            option = "--time" if args.time is not None else "--all-steps"
+            raise ValueError(f"{option}: model {name!r} is static, it has no time; resample it without {option}.")
+        return [None]
+    lo, hi = model.time_range
+    if args.all_steps:
+        return list(model.time_steps)
+    if args.time is None:
+        raise ValueError(f"model {name!r} is time-varying ({len(model.time_steps)} steps from {lo:g} to {hi:g}); "
+                         f"give --time T (any time in that range) or --all-steps -o OUT.pvd.")
+    return [model.check_time(args.time, "--time")]
 
 
 # ---- srn eval ----------------------------------------------------------------------------------
@@ -171,6 +263,7 @@ def cmd_eval(args) -> int:
     from srn_core import metrics
     from srn_core.devices import resolve_device
     from srn_core.loading import load_model
+    from srn_core.series import TimeSeries
 
     from .figures import check_figure_path, write_comparison_figure
 
@@ -178,12 +271,25 @@ def cmd_eval(args) -> int:
         check_figure_path(args.figure)  # before the work, not after it
     model = load_model(args.model, resolve_device(args.device))
     model.field.clamp_output = not args.no_clamp
-    reference = _read_input(args, args.reference)
-    _check_reference_geometry(reference.geometry, model.geometry, args.reference)
+    reference = _read_input(args, args.reference, keep_series=True)
+    label = args.reference[0] if len(args.reference) == 1 else f"{len(args.reference)} inputs"
+    if isinstance(reference, TimeSeries) and not model.is_time_varying:
+        if len(reference) > 1:
+            raise ValueError(f"model {args.model!r} is static but the reference is a time series of {len(reference)} "
+                             f"steps; compare one step (--time I).")
+        reference = reference.steps[0]
+    if isinstance(reference, TimeSeries):
+        return _eval_series(args, model, reference, label)
+    if model.is_time_varying:
+        lo, hi = model.time_range
+        raise ValueError(f"model {args.model!r} is time-varying (time {lo:g} to {hi:g}) but reference {label!r} has "
+                         f"no time; give its time with --times T, or a series (several files, a .pvd, a NetCDF "
+                         f"variable with time, a 4-D NIfTI) to compare every step.")
+    _check_reference_geometry(reference.geometry, model.geometry, label)
     recon = model.resample(reference.geometry, chunk_size=args.chunk_size)
     mask = reference.finite_mask
     psnr = metrics.psnr(reference.values, recon, mask=mask)
-    print(f"reference     {args.reference} ({reference.name!r}, {reference.geometry.dims})")
+    print(f"reference     {label} ({reference.name!r}, {reference.geometry.dims})")
     print(f"PSNR          {psnr:.3f} dB")
     print(f"max abs error {metrics.max_abs_error(reference.values, recon, mask=mask):.6g}")
     print(f"SSIM          {metrics.ssim(reference.values, recon, mask=mask):.5f}")
@@ -192,6 +298,57 @@ def cmd_eval(args) -> int:
         write_comparison_figure(args.figure, reference.values, recon, reference.geometry,
                                 title=f"{reference.name}: PSNR {psnr:.2f} dB")
         print(f"figure        {args.figure}")
+    return 0
+
+
+def _eval_series(args, model, reference, label) -> int:
+    """``srn eval`` of a time-varying model against a series: each step compared at its time; PSNR per step and
+    over the series (:func:`srn_core.series.series_psnr`, with the series' one value range), the largest error
+    over all steps, SSIM per step and their mean. The figure shows the step of lowest PSNR."""
+    from srn_core import metrics
+    from srn_core.series import series_psnr
+
+    from .figures import write_comparison_figure
+
+    for i, t in enumerate(reference.times):
+        model.check_time(t, f"reference time step {i} at time")
+    _check_reference_geometry(reference.geometry, model.geometry, label)
+    lo, hi = reference.value_range
+    steps = dict(zip(reference.times, reference.steps))
+    max_errors, ssims, worst = [], [], None
+
+    class AtReferenceGrid:
+        """What :func:`series_psnr` resamples: the model on the reference's grid, each step measured in the same
+        pass (one step's reconstruction in memory at a time)."""
+
+        def resample(self, time=None, chunk_size=args.chunk_size):
+            nonlocal worst
+            step = steps[time]
+            recon = model.resample(reference.geometry, chunk_size=chunk_size, time=time)
+            mask = step.finite_mask
+            max_errors.append(metrics.max_abs_error(step.values, recon, mask=mask))
+            ssims.append(metrics.ssim(step.values, recon, data_range=hi - lo, mask=mask))
+            if args.figure:
+                err = metrics.mse(step.values, recon, mask=mask)
+                if worst is None or err > worst[0]:
+                    worst = (err, time, step, recon)
+            return recon
+
+    measured = series_psnr(AtReferenceGrid(), reference, args.chunk_size)
+    count = f"{len(reference)} time step" + ("s" if len(reference) > 1 else "")
+    print(f"reference     {label} ({reference.name!r}, {reference.geometry.dims}, {count})")
+    for t, p, e, s in zip(reference.times, measured["psnr_per_step"], max_errors, ssims):
+        print(f"{'t=' + format(t, 'g'):<14}PSNR {p:.3f} dB, max abs error {e:.6g}, SSIM {s:.5f}")
+    print(f"PSNR          {measured['psnr']:.3f} dB over {'all ' if len(reference) > 1 else ''}{count}")
+    print(f"max abs error {max(max_errors):.6g}")
+    print(f"SSIM          {sum(ssims) / len(ssims):.5f} (mean over the steps)")
+    print(f"ratio         {describe_ratio(model)}")
+    if args.figure:
+        _, t, step, recon = worst
+        write_comparison_figure(args.figure, step.values, recon, reference.geometry,
+                                title=f"{reference.name} at t={t:g} (lowest PSNR): "
+                                      f"{measured['psnr_per_step'][reference.times.index(t)]:.2f} dB")
+        print(f"figure        {args.figure} (time {t:g}, the step of lowest PSNR)")
     return 0
 
 
@@ -231,8 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on a volume and write the model file")
-    p.add_argument("input", help="volume file: .vti, .nii/.nii.gz, .nc, .npy, .raw")
+    p = sub.add_parser("train", help="train a model on a volume or a time series and write the model file")
+    p.add_argument("input", nargs="+",
+                   help="volume file (.vti, .nii/.nii.gz, .nc, .npy, .raw); or a time series: one file with time "
+                        "(a NetCDF variable with a time dimension, a 4-D NIfTI, a ParaView .pvd), several files "
+                        "or a quoted glob pattern ('step_*.vti', natural order), one step per file")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.srn)")
     p.add_argument("--model", choices=ARCHITECTURES, default="apmgsrn", help="architecture (default apmgsrn)")
     budget = p.add_mutually_exclusive_group()
@@ -253,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run (Ctrl-C, SIGTERM, a kill) from OUTPUT.checkpoint, exactly")
     p.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="STEPS",
                    help="write OUTPUT.checkpoint every STEPS steps as well as every 60 s (default 500)")
+    p.add_argument("--key-frames", type=positive_int, metavar="K",
+                   help="time series only: K key frames spread evenly over the time range (default: one per time "
+                        "step); fewer key frames give each a larger grid")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress-interval", type=non_negative_float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines when standard error is not a terminal (default 10)")
@@ -260,9 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(p)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("resample", help="evaluate a model on a grid and write a .vti (or .npy)")
+    p = sub.add_parser("resample", help="evaluate a model on a grid and write a .vti (or .npy), or every time step "
+                                        "of a time-varying model as a .pvd collection")
     p.add_argument("model", help="model file (or an APMGSRN checkpoint folder)")
-    p.add_argument("-o", "--output", required=True, help="output .vti or .npy")
+    p.add_argument("-o", "--output", required=True, help="output .vti or .npy (.pvd with --all-steps)")
+    p.add_argument("--time", type=finite_float, metavar="T",
+                   help="time-varying model: the time to evaluate, any value in the model's time range")
+    p.add_argument("--all-steps", action="store_true",
+                   help="time-varying model: evaluate every training time step and write OUTPUT.pvd with one "
+                        "OUTPUT_<step>.vti per step beside it")
     p.add_argument("--dims", nargs=3, type=positive_int, metavar=("X", "Y", "Z"), help="points per axis (default: the data's)")
     p.add_argument("--bounds", nargs=6, type=float, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
                    help="world region (default: the data's bounds)")
@@ -277,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="compare a model with a reference volume: PSNR, max error, SSIM")
     p.add_argument("model")
-    p.add_argument("reference", help="reference volume file, on the model's training grid (same dims)")
+    p.add_argument("reference", nargs="+",
+                   help="reference volume file, on the model's training grid (same dims); for a time-varying model "
+                        "a time series (as srn train reads it) or one file with --times T")
     p.add_argument("--figure", metavar="OUT.png",
                    help="also write a PNG: original, reconstruction and error on the three mid slices")
     p.add_argument("--chunk-size", type=positive_int, default=1 << 16)

@@ -65,7 +65,7 @@ def describe_file(model) -> str:
 def describe_ratio(model) -> str:
     """``"467.9x vs float32 (data 17.7 MB / file 37,912 bytes, ...; 44,000 parameters)"``: the ratio a user compares
     with other compressors, from the file's actual size, and the parameter count beside it."""
-    data = format_bytes(model.geometry.num_points * 4)
+    data = format_bytes(model.data_points * 4)  # every time step of a time-varying model
     if not model.file_bytes:
         return (f"{model.parameter_ratio:.1f}x vs float32 (data {data} / float32 parameters, not in a file; "
                 f"{model.num_parameters:,} parameters)")

@@ -55,3 +55,30 @@ def write_model_file(path, model: NeuralVolume | None = None, header_text: str |
     header = {"format": "neural-volume", "format_version": 1, **model.metadata(), **meta}
     header = {k: v for k, v in header.items() if v is not ...}
     save_file(state, str(path), metadata={"neural_volume": json.dumps(header) if header_text is None else header_text})
+
+
+def analytic_series_values(geometry, t: float) -> np.ndarray:
+    """:func:`analytic_values` plus a term linear in time ``t``, ``(nz, ny, nx)``: a smooth series whose steps
+    differ everywhere and that a time-varying model's linear key-frame blending can follow."""
+    from srn_core.geometry import axis_coordinates
+
+    x, y, z = (a.numpy() for a in axis_coordinates(geometry))
+    b = geometry.bounds
+    u, v, w = ((c - b[2 * i]) / (b[2 * i + 1] - b[2 * i]) * 2 - 1 for i, c in enumerate((x, y, z)))
+    zz, yy, xx = np.meshgrid(w, v, u, indexing="ij")
+    return (analytic_values(geometry) + t * (0.3 * xx * yy + 0.2 * np.cos(3 * zz))).astype(np.float32)
+
+
+def write_vti_series(folder, geometry, times, name: str = "v", stem: str = "step") -> list:
+    """One ``.vti`` per time of ``times`` (:func:`analytic_series_values`) as ``folder/<stem>_<i>.vti`` (the
+    index unpadded, so names sort naturally, not alphabetically); returns the paths in time order."""
+    from pathlib import Path
+
+    from paraview_plugin.vtk_image import image_from_array, write_vti
+
+    paths = []
+    for i, t in enumerate(times):
+        path = Path(folder) / f"{stem}_{i}.vti"
+        write_vti(path, image_from_array(analytic_series_values(geometry, t), geometry, name))
+        paths.append(path)
+    return paths

@@ -116,9 +116,14 @@ def test_netcdf_npy_and_raw_readers(tmp_path):
         v[0] = arr
         v[1] = arr + 1000
         ds.createVariable("coord", "f4", ("x",))[:] = np.arange(6)
-    vol = io.read_volume(tmp_path / "a.nc", array="theta")
-    assert vol.geometry.dims == (6, 5, 4) and np.array_equal(vol.values, arr)  # first time step
-    xzy = io.read_volume(tmp_path / "a.nc", array="theta", axis_order="xzy")
+    # Two time steps are never read as one volume by silently taking the first (issue 10): a series, or --time.
+    with pytest.raises(ValueError, match="has 2 time steps along dimension 't'"):
+        io.read_volume(tmp_path / "a.nc", array="theta")
+    series = io.read_input(tmp_path / "a.nc", array="theta")
+    assert series.times == [0.0, 1.0] and np.array_equal(series.steps[1].values, arr + 1000)
+    vol = io.read_input(tmp_path / "a.nc", array="theta", time_selection="0")
+    assert vol.geometry.dims == (6, 5, 4) and np.array_equal(vol.values, arr)  # the first time step, as asked
+    xzy = io.read_input(tmp_path / "a.nc", array="theta", axis_order="xzy", time_selection="0")
     assert xzy.geometry.dims == (4, 6, 5) and xzy.values[2, 3, 1] == arr[1, 2, 3]
     with pytest.raises(ValueError, match="no variable 'nope'"):
         io.read_volume(tmp_path / "a.nc", array="nope")
