@@ -142,10 +142,9 @@ def cmd_train(args) -> int:
     every = f"{n:,} voxels x {len(volume)} time steps" if series else f"{n:,} voxels"
     print(f"PSNR      {psnr} over all {every}" if measured else
           "PSNR      not measured (interrupted during the final evaluation)")
-    if measured and series and "psnr_per_step" in result.model.training:
-        float_model = " (float32 model, before quantization)" if compression else ""
-        print("per step  " + ", ".join(f"{p:.2f}" for p in result.model.training["psnr_per_step"])
-              + f" dB{float_model}")
+    if measured and series and "psnr_per_step" in m.training:
+        # The file's model (quantized where compressed): NeuralVolume.save measured it per step.
+        print("per step  " + ", ".join(f"{p:.2f}" for p in m.training["psnr_per_step"]) + " dB")
     print(f"ratio     {describe_ratio(m)}")
     if target is not None:
         warn_if_missed(m.file_bytes, target, f"the model file {str(out)!r}")

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", nargs=3, type=_unit, default=(0.0, 0.0, 0.0), metavar=("R", "G", "B"),
                    help="background colour in [0, 1] (default black)")
     p.add_argument("--transparent", action="store_true", help="write RGBA with a transparent background")
+    p.add_argument("--time", type=float, help="time to render a time-varying model at (any time in its range)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success (no progress either)")
 
@@ -72,6 +73,14 @@ def run(args) -> int:
     preset = args.tf or args.preset or "Cool to Warm"
     TransferFunction.from_preset(preset)  # a bad transfer function fails before a (slow) model load
     model = load_model(args.model, resolve_device(args.device))
+    if model.is_time_varying:
+        if args.time is None:
+            lo, hi = model.time_range
+            raise ValueError(f"model {args.model!r} is time-varying ({len(model.time_steps)} steps from {lo:g} to "
+                             f"{hi:g}); give --time T.")
+        model = model.at_time(model.check_time(args.time, "--time"))
+    elif args.time is not None:
+        raise ValueError(f"--time {args.time:g}: model {args.model!r} is static; it has no time.")
     value_range = None if args.absolute else (tuple(args.range) if args.range else model.value_range)
     tf = TransferFunction.from_preset(preset, value_range)
     spacing = min(model.geometry.spacing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,11 @@ def netcdf_time_values(ds, dim: str, path) -> tuple[list[float], str]:
     indices ``0..T-1`` and ``""`` when it has no (numeric) coordinate variable."""
     count = len(ds.dimensions[dim])
     coord = ds.variables.get(dim)
-    if coord is None or tuple(coord.dimensions) != (dim,) or np.dtype(coord.dtype).kind not in "iuf":
+    if coord is None or tuple(coord.dimensions) != (dim,):
+        return [float(i) for i in range(count)], ""
+    if np.dtype(coord.dtype).kind not in "iuf":  # e.g. ISO date strings: not a number a time axis can use
+        warnings.warn(f"NetCDF file {str(path)!r}: time coordinate {dim!r} is not numeric ({coord.dtype}); the "
+                      f"steps get the times 0..{count - 1} instead.", stacklevel=2)
         return [float(i) for i in range(count)], ""
     coord.set_auto_mask(True)
     values = np.ma.asarray(coord[:], dtype=np.float64)

@@ -141,10 +141,14 @@ class NeuralVolume:
         if compression is not None and reference is not None:
             from .series import series_psnr
 
-            measured = series_psnr(self.compressed(compression), reference, chunk_size)["psnr"]
+            measured = series_psnr(self.compressed(compression), reference, chunk_size)
             if "psnr" in self.training:
                 self.training.setdefault("psnr_before_quantization", self.training["psnr"])
-            self.training["psnr"] = measured
+            self.training["psnr"] = measured["psnr"]
+            if "psnr_per_step" in measured:  # a series: per step too, as stored
+                if "psnr_per_step" in self.training:
+                    self.training.setdefault("psnr_per_step_before_quantization", self.training["psnr_per_step"])
+                self.training["psnr_per_step"] = [round(v, 4) for v in measured["psnr_per_step"]]
         meta = self.metadata()
         if compression is None:
             tensors, storage = self.field.state_dict(), None

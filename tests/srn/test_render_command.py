@@ -70,3 +70,37 @@ def test_srn_render_writes_the_png_the_core_renders(trained_model, tmp_path, cap
     assert "samples evaluated" in capsys.readouterr().err
     assert main(["render", str(path), "-o", str(tmp_path / "x.png"), "--preset", "no such map"]) == 1
     assert "unknown preset 'no such map'" in capsys.readouterr().err
+
+
+def _pixels(path, width, height) -> np.ndarray:
+    """The RGB pixels of one of our PNGs (one IDAT chunk, filter 0 on every row)."""
+    blob = path.read_bytes()
+    start = blob.index(b"IDAT") + 4
+    (n,) = struct.unpack(">I", blob[start - 8:start - 4])
+    rows = np.frombuffer(zlib.decompress(blob[start:start + n]), np.uint8).reshape(height, 1 + width * 3)
+    return rows[:, 1:].reshape(height, width, 3).astype(float)
+
+
+def test_a_time_varying_model_renders_at_the_time_asked_and_refuses_no_time(tmp_path):
+    from srn_core.data import Volume
+    from srn_core.geometry import ImageGeometry
+    from srn_core.series import TimeSeries
+    from srn_core.training import TrainConfig, fit
+
+    g = ImageGeometry((12, 10, 8))
+    ramp = np.linspace(0, 1, 12, dtype=np.float32)[None, None, :].repeat(8, 0).repeat(10, 1)
+    series = TimeSeries([Volume(ramp * k, g, "v") for k in (0.2, 1.0)], [0.0, 1.0])
+    model = fit(series, "apmgsrn", 3000, TrainConfig(steps=60, batch_size=2048)).model
+    path = tmp_path / "tv.srn"
+    model.save(path)
+    r = srn_render(path, tmp_path / "x.png", "--size", "32", "32")
+    assert r.returncode == 1 and "is time-varying (2 steps from 0 to 1); give --time T." in r.stderr, r.stderr
+    r = srn_render(path, tmp_path / "x.png", "--time", "3")
+    assert r.returncode == 1 and "--time 3 is outside the model's time range [0, 1]." in r.stderr, r.stderr
+    images = []
+    for t in ("0", "1"):
+        r = srn_render(path, tmp_path / f"t{t}.png", "--size", "32", "32", "--time", t, "--quiet",
+                       "--range", "0", "1")
+        assert r.returncode == 0, r.stderr
+        images.append(_pixels(tmp_path / f"t{t}.png", 32, 32))
+    assert np.abs(images[0] - images[1]).mean() > 5.0  # a different time is a different picture
