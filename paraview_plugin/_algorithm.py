@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from vtkmodules.util.vtkAlgorithm import VTKPythonAlgorithmBase
 from vtkmodules.vtkCommonCore import vtkCommand, vtkOutputWindow
+from vtkmodules.vtkCommonDataModel import vtkDataObject
+from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core.evaluate import DEFAULT_CHUNK_SIZE
 
@@ -33,6 +35,46 @@ class EvaluationSettings:
     """Torch device of the model: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     chunk_size: int = DEFAULT_CHUNK_SIZE
     """Points evaluated per batch: bounds memory whatever the image size."""
+
+
+# ---- time in the pipeline (VTK's keys, shared by the source and the filters) ------------------------------
+def publish_time_steps(out_info, times) -> None:
+    """Announce ``times`` (increasing) as the output's ``TIME_STEPS`` and their ``TIME_RANGE``, or, for
+    ``None``, remove both: a static model that replaces a time-varying one must not leave stale steps behind
+    (ParaView's animation would keep offering them)."""
+    if times:
+        out_info.Set(SDDP.TIME_STEPS(), [float(t) for t in times], len(times))
+        out_info.Set(SDDP.TIME_RANGE(), [float(times[0]), float(times[-1])], 2)
+    else:
+        out_info.Remove(SDDP.TIME_STEPS())
+        out_info.Remove(SDDP.TIME_RANGE())
+
+
+def requested_time(out_info) -> float | None:
+    """The time the pipeline asks for (``UPDATE_TIME_STEP``), or ``None`` when a request names no time."""
+    return float(out_info.Get(SDDP.UPDATE_TIME_STEP())) if out_info.Has(SDDP.UPDATE_TIME_STEP()) else None
+
+
+def input_time_steps(in_info) -> list[float] | None:
+    """The ``TIME_STEPS`` an input announces (``None`` without any)."""
+    if in_info is None or not in_info.Has(SDDP.TIME_STEPS()):
+        return None
+    steps = in_info.Get(SDDP.TIME_STEPS())
+    return [float(t) for t in steps] if steps else None
+
+
+def data_time(data) -> float | None:
+    """The time a data object holds (its ``DATA_TIME_STEP``), or ``None``."""
+    if data is None or not data.GetInformation().Has(vtkDataObject.DATA_TIME_STEP()):
+        return None
+    return float(data.GetInformation().Get(vtkDataObject.DATA_TIME_STEP()))
+
+
+def clamped_time(model, t: float | None) -> float:
+    """The time a time-varying ``model`` is evaluated at for a request of ``t``: ``t`` clamped to the model's
+    range as VTK readers answer a time outside theirs, its first step when the request names no time."""
+    lo, hi = model.time_range
+    return lo if t is None else min(max(float(t), lo), hi)
 
 
 class NeuralAlgorithmBase(VTKPythonAlgorithmBase):

@@ -16,6 +16,14 @@ training data's bytes over the file's bytes, as ``srn eval`` prints it), ``FileB
 decoder 12-bit" or "float32"). Without
 scikit-image (as in a bare ParaView Python) ``SSIM`` is NaN and a warning says why.
 
+Time: the reference is compared at the time it holds (its ``DATA_TIME_STEP``: a temporal reader's step for the
+requested ``UPDATE_TIME_STEP``), or else at the requested time. A time-varying model in ``ModelFileName`` is
+evaluated at that same time (``ModelTime`` in the field data; a time outside its range is clamped to it with a
+warning), and its PSNR and SSIM are measured against the value range of the whole series it learned (the
+model's value range, reported as ``DataRange``), which is what ``srn eval`` and
+:func:`srn_core.series.series_psnr` report for each step. The output carries the compared time as its
+``DATA_TIME_STEP``.
+
 In parallel (``pvbatch``/``pvserver`` under MPI) each rank compares only its own piece, and the ranks combine
 their sums (:class:`srn_core.metrics.ErrorSums`, a point that two pieces share counted once), so ``PSNR``,
 ``MSE``, ``MaxError`` and ``DataRange`` are those of the whole volume on every rank. ``SSIM`` is the mean of the
@@ -29,13 +37,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from vtkmodules.vtkCommonDataModel import vtkImageData
+from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core import metrics
 
 from . import model_cache, parallel
-from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, clamped_time, data_time, requested_time
 from .vtk_image import add_field_values, array_names, attach_array, selected_array, selected_volume, volume_from_image
 
 
@@ -93,8 +101,12 @@ class NeuralVolumeError(NeuralAlgorithmBase):
         output.Initialize()
         self.metrics = {}
         controller = parallel.piece_controller(outInfo)
-        sums, ssim, failure, file_values = metrics.ErrorSums(), math.nan, None, {}
+        sums, ssim, failure, file_values, series_range = metrics.ErrorSums(), math.nan, None, {}, None
         image = vtkImageData.GetData(inInfo[0])
+        # The reference's own time (a temporal reader's step), else the time asked for, else none at all.
+        time = data_time(image)
+        if time is None:
+            time = requested_time(outInfo.GetInformationObject(0))
         # Under MPI a rank may receive an empty piece (more ranks than slabs): it contributes nothing.
         empty_piece = controller is not None and (image is None or image.GetNumberOfPoints() == 0)
         try:
@@ -103,7 +115,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 if image is None or image.GetNumberOfPoints() == 0:
                     raise ValueError("the reference (input 0) is empty.")
                 reference, used = selected_volume(self, image, mask_nonfinite=True)
-                recon, file_values = self._reconstruction(inInfo, reference, used)
+                recon, file_values, series_range = self._reconstruction(inInfo, reference, used, time)
                 ref = reference.values
                 signed = recon.astype(np.float32) - ref
                 mask = reference.finite_mask
@@ -121,30 +133,36 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                     mask = owned if mask is None else mask & owned
                 sums = metrics.ErrorSums.of(ref, recon, mask=mask)
                 if sums.count:
-                    ssim = self._ssim(ref, recon, mask)
+                    ssim = self._ssim(ref, recon, mask, series_range)
             except Exception as exc:
                 failure = exc
         failed_elsewhere = False
         if controller is not None:
-            sums, ssim, failed_elsewhere = _combine(controller, sums, ssim, failure is not None)
+            sums, ssim, series_range, failed_elsewhere = _combine(controller, sums, ssim, series_range,
+                                                                  failure is not None)
 
         def produce():
             if failed_elsewhere:
                 raise ValueError("another MPI rank failed (see its error), so there are no whole-volume metrics.")
-            values = {"PSNR": sums.psnr, "MaxError": sums.max_abs, "MSE": sums.mse, "SSIM": ssim,
-                      "DataRange": sums.data_range, **file_values}
+            data_range = sums.data_range if series_range is None else series_range
+            values = {"PSNR": _psnr_db(data_range, sums.mse), "MaxError": sums.max_abs, "MSE": sums.mse,
+                      "SSIM": ssim, "DataRange": data_range, **file_values}
             if not empty_piece:
                 output.CopyStructure(image)
                 attach_array(output, signed, "SignedError", used, active=False)
                 attach_array(output, np.abs(signed), "AbsoluteError", used, active=True)
             add_field_values(output, values)
+            if time is not None:
+                output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), time)
             self.metrics = values
 
         return self.guarded(output, produce, failure)
 
-    def _reconstruction(self, inInfo, reference, association: str) -> tuple[np.ndarray, dict]:
-        """The reconstruction's values on the reference's grid, shaped like ``reference.values``, and the model
-        file's field values (``{}`` for a reconstruction on input 1)."""
+    def _reconstruction(self, inInfo, reference, association: str,
+                        time: float | None) -> tuple[np.ndarray, dict, float | None]:
+        """The reconstruction's values on the reference's grid, shaped like ``reference.values``, the model
+        file's field values (``{}`` for a reconstruction on input 1) and, for a time-varying model, the value
+        range of its series (the PSNR's data range; else ``None``: the reference's own)."""
         other = vtkImageData.GetData(inInfo[1]) if inInfo[1].GetNumberOfInformationObjects() > 0 else None
         if other is not None:
             name, assoc = selected_array(self, 1)
@@ -159,18 +177,31 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                 raise ValueError(f"input 1 ({h.dims[0]}x{h.dims[1]}x{h.dims[2]} points, origin {h.origin}, spacing "
                                  f"{h.spacing}) is not on the reference's grid ({g.dims[0]}x{g.dims[1]}x{g.dims[2]}, "
                                  f"origin {g.origin}, spacing {g.spacing}); resample it first.")
-            return volume.values, {}
+            return volume.values, {}, None
         if not self._config.model_file_name:
             raise ValueError("nothing to compare with: connect a reconstruction to input 1 or set ModelFileName.")
         model, _ = model_cache.load_cached(self._config.model_file_name, self._config.device)
         file_values = {"CompressionRatio": model.compression_ratio, "FileBytes": float(model.file_bytes or 0),
                        "NumberOfParameters": float(model.num_parameters),
                        "ModelFileStorage": model.storage_description}
-        return model.resample(reference.geometry, chunk_size=self._config.chunk_size), file_values
+        if not model.is_time_varying:
+            return model.resample(reference.geometry, chunk_size=self._config.chunk_size), file_values, None
+        at = clamped_time(model, time)
+        lo, hi = model.time_range
+        if time is None:
+            self.warning(f"neither the reference nor the request has a time; the time-varying model is compared "
+                         f"at its first time step, t={at:g}.")
+        elif at != time:
+            self.warning(f"the reference's time {time:g} is outside the model's time range [{lo:g}, {hi:g}]; "
+                         f"compared with the model at t={at:g}.")
+        file_values["ModelTime"] = at
+        low, high = model.value_range
+        values = model.resample(reference.geometry, chunk_size=self._config.chunk_size, time=at)
+        return values, file_values, high - low
 
-    def _ssim(self, ref, recon, mask) -> float:
+    def _ssim(self, ref, recon, mask, data_range: float | None = None) -> float:
         try:
-            return metrics.ssim(ref, recon, mask=mask)
+            return metrics.ssim(ref, recon, data_range=data_range, mask=mask)
         except ImportError as exc:
             self.warning(f"SSIM is NaN: {exc}.")
         except ValueError as exc:  # too thin for a window
@@ -210,10 +241,23 @@ def _owned(extents, rank: int, association: str, shape) -> np.ndarray:
     return mask
 
 
-def _combine(controller, sums: metrics.ErrorSums, ssim: float, failed: bool):
-    """All ranks' sums combined: ``(ErrorSums of the whole, point-weighted SSIM, whether any rank failed)``."""
+def _combine(controller, sums: metrics.ErrorSums, ssim: float, series_range: float | None, failed: bool):
+    """All ranks' sums combined: ``(ErrorSums of the whole, point-weighted SSIM, the series' value range (from
+    any rank that loaded the model; ``None`` for a static one), whether any rank failed)``."""
     weight = sums.count if math.isfinite(ssim) else 0.0
     added = parallel.all_reduce(controller, sums.sums() + [ssim * weight if weight else 0.0, weight, float(failed)])
-    largest = parallel.all_reduce(controller, sums.maxima(), "max")
-    whole = metrics.ErrorSums.from_reduced(added[:2], largest)
-    return whole, (added[2] / added[3] if added[3] > 0 else math.nan), added[4] > 0
+    largest = parallel.all_reduce(controller, sums.maxima() + [-1.0 if series_range is None else series_range],
+                                  "max")
+    whole = metrics.ErrorSums.from_reduced(added[:2], largest[:3])
+    return (whole, (added[2] / added[3] if added[3] > 0 else math.nan), None if largest[3] < 0 else largest[3],
+            added[4] > 0)
+
+
+def _psnr_db(data_range: float, mse: float) -> float:
+    """``20 log10(range) - 10 log10(MSE)`` with :func:`srn_core.metrics.psnr`'s edge cases (identical: inf;
+    a zero range or a non-finite error: -inf)."""
+    if mse == 0.0:
+        return math.inf
+    if data_range == 0.0 or not math.isfinite(mse):
+        return -math.inf
+    return 20.0 * math.log10(data_range) - 10.0 * math.log10(mse)

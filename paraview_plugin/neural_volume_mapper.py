@@ -30,6 +30,12 @@ Usage::
     mapper.SetVolumeProperty(volume_property)
     mapper.AddToRenderer(renderer)           # adds the prop and follows the renderer's camera
     mapper.SetRenderModeToDirect()           # optional: ray march the network every frame
+
+A time-varying model (:attr:`~srn_core.model.NeuralVolume.is_time_varying`) is drawn at one time at a time:
+its first step until :meth:`NeuralVolumeMapper.SetTime` asks for another (any time in its range; the model
+interpolates between its steps, and a time outside the range is clamped, as the source does). A plain
+``vtkRenderer`` has no time of its own, so whoever drives the animation calls ``SetTime`` (in ParaView, with the
+view's ``ViewTime``); each new time is a new static frame of the model, so the brick cache starts over.
 """
 
 from __future__ import annotations
@@ -156,6 +162,8 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
     def __init__(self, model=None):
         super().__init__(nInputPorts=0, nOutputPorts=1, outputType="vtkImageData")
         self._volume: RenderVolume | None = None
+        self._model = None  # a time-varying NeuralVolume, drawn at self._time; None for anything static
+        self._time: float | None = None
         self._core: Renderer | None = None
         self._settings = RenderSettings()
         self._property: vtkVolumeProperty | None = None
@@ -193,7 +201,35 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         if isinstance(model, str):
             from srn_core.loading import load_model
             model = load_model(model, self._device)
-        self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
+        if isinstance(model, RenderVolume) or not model.is_time_varying:
+            self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
+            return
+        lo, hi = model.time_range
+        time = lo if self._time is None else min(max(self._time, lo), hi)  # an animation keeps its time
+        self._show_time(model, time)
+
+    def _show_time(self, model, time: float) -> None:
+        """Draw the time-varying ``model`` at ``time`` (a static frame of it: its own render volume and cache)."""
+        self._set_render_volume(RenderVolume.from_model(model.at_time(time)))
+        self._model, self._time = model, time
+
+    def SetTime(self, time: float) -> None:
+        """Draw a time-varying model at ``time`` (clamped to its time range); nothing to do for a static one,
+        which looks the same at every time. Only a change of time decodes anything."""
+        if self._model is None:
+            return
+        lo, hi = self._model.time_range
+        time = min(max(float(time), lo), hi)
+        if time != self._time:
+            self._show_time(self._model, time)
+
+    def GetTime(self) -> float | None:
+        """The time a time-varying model is drawn at; ``None`` for anything static."""
+        return self._time if self._model is not None else None
+
+    def GetTimeSteps(self) -> tuple:
+        """A time-varying model's time steps (what an animation would visit); ``()`` for anything static."""
+        return tuple(self._model.time_steps) if self._model is not None else ()
 
     def SetDevice(self, device: str) -> None:
         """Torch device for models loaded from a file name: ``auto`` (CUDA when torch sees a GPU; the default),
@@ -211,6 +247,10 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
 
     def SetRenderVolume(self, volume: RenderVolume) -> None:
         """What to render; refused (``ValueError``) when the sample distance would need too many samples per ray."""
+        self._set_render_volume(volume)
+        self._model, self._time = None, None
+
+    def _set_render_volume(self, volume: RenderVolume) -> None:
         if volume is not self._volume:
             self._settings.check_samples_per_ray(volume, "SampleDistance")
             self._volume = volume

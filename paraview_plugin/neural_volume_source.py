@@ -12,6 +12,15 @@ Usable from any VTK script (the PyPI ``vtk`` wheel or ParaView's bundled VTK) an
 ``RequestInformation`` publishes the whole extent, origin and spacing and that any sub-extent can be produced;
 ``RequestData`` evaluates the model only at the points of the requested ``UPDATE_EXTENT`` (through the core's
 chunked :meth:`NeuralVolume.resample`), so streaming, pieces and MPI ranks each pay only for their part.
+
+A time-varying model (``NeuralVolume.is_time_varying``) makes the source temporal, as a file-series reader is:
+``RequestInformation`` publishes the model's ``TIME_STEPS`` and ``TIME_RANGE`` (so ParaView's animation offers
+them), and ``RequestData`` evaluates the model at the requested ``UPDATE_TIME_STEP``: any time in the range,
+between two stored steps too (the model interpolates); a time outside the range is clamped to it, as VTK's
+readers answer one, and a request without a time gets the first step. The output's ``DATA_TIME_STEP`` is the
+time evaluated. A static model publishes no time::
+
+    >>> source.UpdateTimeStep(1.5)            # a time-varying model, between its steps 1 and 2
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from srn_core.geometry import ImageGeometry, check_bounds, check_dims
 from srn_core.memory import check_allocation
 
 from . import model_cache
-from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, clamped_time, publish_time_steps, requested_time
 from .vtk_image import add_field_values, image_from_array
 
 EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
@@ -131,6 +140,17 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
     def GetClampToDataRange(self):
         return int(self._config.clamp_to_data_range)
 
+    def GetTimestepValues(self):
+        """The time steps the last information pass published (``UpdateInformation``): a time-varying model's,
+        ``()`` for a static one (ParaView's ``TimestepValues``)."""
+        info = self.GetOutputInformation(0)
+        return tuple(info.Get(SDDP.TIME_STEPS())) if info.Has(SDDP.TIME_STEPS()) else ()
+
+    def GetTimeRange(self):
+        """``(first, last)`` of :meth:`GetTimestepValues`, ``()`` for a static model (ParaView's ``TimeRange``)."""
+        info = self.GetOutputInformation(0)
+        return tuple(info.Get(SDDP.TIME_RANGE())) if info.Has(SDDP.TIME_RANGE()) else ()
+
     # ---- pipeline ------------------------------------------------------------------------------
     def output_geometry(self, model) -> ImageGeometry:
         """The output image's geometry for the current settings (validated)."""
@@ -167,8 +187,10 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             # information (a freshly created source without a file yet) shows no error.
             self._info_error = exc
             info.Set(SDDP.WHOLE_EXTENT(), EMPTY_EXTENT, 6)
+            publish_time_steps(info, None)
             return 1
         self._plan = (model, key, geometry)
+        publish_time_steps(info, model.time_steps)
         info.Set(SDDP.WHOLE_EXTENT(), geometry.whole_extent, 6)
         info.Set(vtkDataObject.ORIGIN(), geometry.origin, 3)
         info.Set(vtkDataObject.SPACING(), geometry.spacing, 3)
@@ -179,11 +201,13 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
 
     def RequestData(self, request, inInfo, outInfo):
         output = vtkImageData.GetData(outInfo)
-        extent = tuple(outInfo.GetInformationObject(0).Get(SDDP.UPDATE_EXTENT()))
-        return self.guarded(output, lambda: self._produce(output, extent))
+        info = outInfo.GetInformationObject(0)
+        extent = tuple(info.Get(SDDP.UPDATE_EXTENT()))
+        return self.guarded(output, lambda: self._produce(output, extent, requested_time(info)))
 
-    def _produce(self, output, extent) -> None:
-        """The model's values at the points of ``extent`` in ``output`` (re-used when nothing changed)."""
+    def _produce(self, output, extent, time: float | None) -> None:
+        """The model's values at the points of ``extent`` (and at ``time``, for a time-varying model) in
+        ``output`` (re-used when nothing changed)."""
         if self._plan is None:  # RequestInformation found a problem: reported now, with an empty output
             problem, self._info_error = self._info_error, None
             if problem is not None:
@@ -195,7 +219,13 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             output.Initialize()
             return
         c = self._config
-        request_key = (key, geometry, extent, c.clamp_to_data_range)
+        if model.is_time_varying:
+            time = clamped_time(model, time)
+            output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), time)
+        else:
+            time = None  # a static model answers every time alike, as a source without TIME_STEPS does
+            output.GetInformation().Remove(vtkDataObject.DATA_TIME_STEP())
+        request_key = (key, geometry, extent, c.clamp_to_data_range, time)
         if self._last is not None and self._last[0] == request_key:
             output.SetExtent(extent)
             output.SetOrigin(geometry.origin)
@@ -205,8 +235,9 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             points = math.prod(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
             check_allocation(BYTES_PER_POINT * points, f"SamplingDimensions {tuple(c.sampling_dimensions)}"
                              + ("" if extent == geometry.whole_extent else f" (the piece {extent})"))
-            with _clamping(model.field, c.clamp_to_data_range):
-                values = model.resample(geometry, extent=extent, chunk_size=c.chunk_size)
+            at_time = model.at_time(time)  # the model itself when static; else a static frame at ``time``
+            with _clamping(at_time.field, c.clamp_to_data_range):
+                values = at_time.resample(geometry, extent=extent, chunk_size=c.chunk_size)
             image_from_array(values, geometry, model.array_name, extent=extent, image=output)
             self.evaluations += 1
             self.evaluated_points += values.size

@@ -25,6 +25,19 @@ ParaView's abort) stops training, writes nothing and leaves the output empty.
 Under MPI (``pvbatch``, ``pvserver``) training needs the whole volume, not a piece: rank 0 asks its input for
 the whole extent, trains and writes the model, and every rank then evaluates the model on its own piece of the
 output (so ``ModelFileName`` must be on a file system all ranks see). The other ranks only read their piece.
+
+A temporal input (one that announces ``TIME_STEPS``: a file series, ParaView's PVD reader) with at least two
+steps trains ONE time-varying model over all of them (``TrainOverTime``, on by default; off: a static model of
+the step the pipeline asks for, as for any other input). The filter asks its input for each step in turn, the
+standard VTK pattern for temporal filters: ``RequestUpdateExtent`` sets ``UPDATE_TIME_STEP`` to step ``i`` and
+``RequestData`` keeps it and sets ``CONTINUE_EXECUTING`` until every step is read; then
+:func:`srn_core.training.fit` trains on the :class:`~srn_core.series.TimeSeries` (``KeyFrames`` key frames,
+default one per step; ``ParameterBudget`` or the file-size target covers the whole series). The output is
+temporal too: the input's time steps pass through, and each request gets the model evaluated at its
+``UPDATE_TIME_STEP`` (between two steps the model interpolates). A later request for another time evaluates the
+trained model without reading or training again; reading starts over only when a setting or something upstream
+changed, and training only when the steps read differ from those the model learned. ``PSNR`` is then over the
+whole series, and the field array ``PSNRPerStep`` holds each step's (the model file's record).
 """
 
 from __future__ import annotations
@@ -36,18 +49,27 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtkmodules.vtkCommonDataModel import vtkImageData
+import numpy as np
+from vtkmodules.vtkCommonCore import vtkDoubleArray
+from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline as SDDP
 
 from srn_core.compression import CODECS, MAX_BITS, MIN_BITS, Compression
 from srn_core.fields.base import MIN_BUDGET
 from srn_core.memory import format_bytes, parse_bytes
 from srn_core.modelfile import check_folder_writable
+from srn_core.series import TimeSeries
 from srn_core.training import check_training_memory
 
 from . import parallel
-from ._algorithm import EvaluationSettings, NeuralAlgorithmBase
-from .vtk_image import add_field_values, attach_array, selected_volume, values_geometry
+from ._algorithm import (EvaluationSettings, NeuralAlgorithmBase, clamped_time, data_time, input_time_steps,
+                         requested_time)
+from .vtk_image import add_field_values, attach_array, selected_array, selected_volume, values_geometry
+
+SUMMARY_KEYS = ("PSNR", "CompressionRatio", "FileBytes", "NumberOfParameters", "TrainingSeconds", "TrainingSteps")
+"""The field values rank 0 shares with the other MPI ranks after training."""
+GATHER_SHARE = 0.05
+"""Share of the progress bar for reading the time steps of a series (training takes nearly all the time)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,42 @@ class TrainSettings(EvaluationSettings):
     """Seconds after which training stops with the model so far (0: no limit)."""
     mask_non_finite: bool = False
     """Exclude NaN/Inf input values from training and metrics instead of refusing the input."""
+    train_over_time: bool = True
+    """With an input of two or more time steps, train one time-varying model over all of them; off: a static
+    model of the step the pipeline asks for."""
+    key_frames: int = 0
+    """Key frames of a time-varying model, spread evenly over the time range (0: one per time step)."""
+
+
+@dataclass
+class _Gather:
+    """The time steps of a series read so far (one execution each, ``CONTINUE_EXECUTING`` in between)."""
+
+    key: tuple
+    """What was read: the settings, the input's times and the upstream pipeline's modification time."""
+    times: list[float]
+    index: int = 0
+    """The step the next execution reads."""
+    steps: list = dataclasses.field(default_factory=list)
+    """The steps read (rank 0 or the only process), as :class:`~srn_core.data.Volume`."""
+    used: str | None = None
+    """Where the array lives: ``"point"`` or ``"cell"``."""
+    path: Path | None = None
+    key_frames: list[float] | None = None
+    failure: BaseException | None = None
+    aborted: bool = False
+
+
+@dataclass
+class _SeriesState:
+    """A trained time-varying model, evaluated for each requested time until ``key`` changes."""
+
+    key: tuple
+    model: object
+    summary: dict
+    name: str
+    used: str
+    path: Path
 
 
 class TrainNeuralVolume(NeuralAlgorithmBase):
@@ -91,6 +149,13 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                                      nOutputPorts=1, outputType="vtkImageData")
         self.result = None
         """The last :class:`srn_core.training.TrainResult` (``None`` before training or after a failure)."""
+        self._gather: _Gather | None = None  # the series being read, step by step
+        self._series: _SeriesState | None = None  # the time-varying model answering later time requests
+        self._trained_series = None  # (settings + data checksum, TrainResult, summary) of the last series trained
+        self.gathers = 0
+        """How many times the steps of a series were read (tests check that nothing is read twice)."""
+        self.trainings = 0
+        """How many times a model was trained."""
 
     # ---- settings ------------------------------------------------------------------------------
     def SetModelFileName(self, path):
@@ -141,24 +206,66 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
     def SetMaskNonFinite(self, flag):
         self._set(mask_non_finite=bool(flag))
 
+    def SetTrainOverTime(self, flag):
+        self._set(train_over_time=bool(flag))
+
+    def GetTrainOverTime(self):
+        return int(self._config.train_over_time)
+
+    def SetKeyFrames(self, n):
+        self._set(key_frames=int(n))
+
+    def GetKeyFrames(self):
+        return self._config.key_frames
+
     # ---- pipeline ------------------------------------------------------------------------------
+    def _series_times(self, in_info) -> list[float] | None:
+        """The input's time steps when this execution trains over time (``TrainOverTime`` and at least two
+        steps), else ``None`` (a single volume: the step the pipeline asks for)."""
+        times = input_time_steps(in_info)
+        return times if self._config.train_over_time and times is not None and len(times) >= 2 else None
+
     def RequestUpdateExtent(self, request, inInfo, outInfo):
-        """Under MPI, rank 0 trains on the whole volume: it asks for all of it instead of its piece."""
+        """Which input this execution needs: over time, step ``i`` of the gather (``UPDATE_TIME_STEP``); under
+        MPI, rank 0 trains on the whole volume, so it asks for all of it instead of its piece."""
+        info = inInfo[0].GetInformationObject(0)
+        times = self._series_times(info)
+        if times is None:
+            self._gather = None
+        else:
+            key = (self._settings_key(), tuple(times), _upstream_mtime(self))
+            if self._gather is not None and self._gather.key != key:
+                self._gather = None  # settings or input changed in the middle: start over
+            if self._gather is None and (self._series is None or self._series.key != key):
+                self._gather = _Gather(key, times)
+                self.gathers += 1
+            if self._gather is not None:
+                info.Set(SDDP.UPDATE_TIME_STEP(), times[self._gather.index])
         controller = parallel.piece_controller(outInfo)
-        if controller is not None and controller.GetLocalProcessId() == 0:
-            info = inInfo[0].GetInformationObject(0)
+        # Rank 0 needs the whole volume only to train: a trained series model is evaluated piece by piece.
+        if controller is not None and controller.GetLocalProcessId() == 0 and (times is None or self._gather):
             info.Set(SDDP.UPDATE_PIECE_NUMBER(), 0)
             info.Set(SDDP.UPDATE_NUMBER_OF_PIECES(), 1)
             info.Set(SDDP.UPDATE_EXTENT(), info.Get(SDDP.WHOLE_EXTENT()), 6)
         return 1
 
     def RequestData(self, request, inInfo, outInfo):
+        if self._gather is not None:
+            return self._gather_step(request, inInfo, outInfo)
+        if self._series_times(inInfo[0].GetInformationObject(0)) is None:
+            return self._train_volume(inInfo, outInfo)
+        output = vtkImageData.GetData(outInfo)
+        output.Initialize()
+        return self.guarded(output, lambda: self._series_output(output, inInfo, outInfo))
+
+    def _train_volume(self, inInfo, outInfo):
+        """Train on the input image as it is (one volume: the step the pipeline asked for)."""
         output = vtkImageData.GetData(outInfo)
         output.Initialize()
         self.result = None
         controller = parallel.piece_controller(outInfo)
         trains = controller is None or controller.GetLocalProcessId() == 0
-        failure, aborted, summary = None, False, {}
+        failure, run, name, used, path = None, None, None, None, None
         image = vtkImageData.GetData(inInfo[0])
         # Under MPI a rank other than 0 may receive an empty piece (more ranks than slabs): it only waits.
         empty_piece = not trains and (image is None or image.GetNumberOfPoints() == 0)
@@ -167,38 +274,186 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                 path = self._checked_output_path()
             else:
                 image, volume, used, path, budget = self._checked_input(inInfo)
-            if trains:
-                summary = self._train(volume, path, budget)
-                aborted = summary is None
+                name = volume.name
+                run = lambda: self._train(volume, path, budget)  # noqa: E731
         except Exception as exc:  # reported below, once the other ranks have been told
             failure = exc
+        return self._conclude(output, outInfo, image, controller, empty_piece, failure, run, path, name, used)
+
+    def _conclude(self, output, outInfo, image, controller, empty_piece, failure, run, path, name, used,
+                  series_key=None) -> int:
+        """The end of a training execution: rank 0 (or the only process) calls ``run()`` (its summary, ``None``
+        when aborted), every MPI rank learns its outcome, and each fills its output: the model evaluated on the
+        input's grid (its own piece under MPI), at the requested time for a series."""
+        trains = controller is None or controller.GetLocalProcessId() == 0
+        aborted, summary = False, {}
+        if failure is None and trains:
+            try:
+                summary = run()
+                aborted = summary is None
+            except Exception as exc:  # reported below, once the other ranks have been told
+                failure = exc
         if controller is not None:  # rank 0's outcome, for every rank
             parallel.idle_barrier(controller)  # the others sleep while rank 0 trains
-            keys = ("PSNR", "CompressionRatio", "FileBytes", "NumberOfParameters", "TrainingSeconds",
-                    "TrainingSteps")
             shared = parallel.all_reduce(controller, [float(failure is not None), float(aborted)]
-                                         + [float((summary or {}).get(k, 0.0)) for k in keys])
+                                         + [float((summary or {}).get(k, 0.0)) for k in SUMMARY_KEYS])
             if failure is None and shared[0] > 0:
                 failure = ValueError("another MPI rank failed (see its error), so no model was trained.")
             aborted = shared[1] > 0
             if failure is None and not aborted and not trains:
-                summary = dict(zip(keys, shared[2:]))
+                summary = dict(zip(SUMMARY_KEYS, shared[2:]))
+        if series_key is not None:
+            self._series = None
+            if failure is None and not aborted:
+                try:  # every rank keeps the model: later times are evaluated without any exchange
+                    model = self.result.model if self.result is not None else _load_model(path)
+                    self._series = _SeriesState(series_key, model, summary, name, used, path)
+                except Exception as exc:
+                    failure = exc
 
         def produce():
             if aborted:
                 output.Initialize()
                 return
-            if not empty_piece:
-                model = self.result.model if self.result is not None else _load_model(path)
-                self._fill_output(output, image, outInfo if controller is not None else None, model, volume.name,
-                                  used)
-            elif not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
-                raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
-            add_field_values(output, {**summary, "ModelFileName": str(path)})
+            if series_key is not None:
+                self._series_output(output, None, outInfo, image)
+            else:
+                if not empty_piece:
+                    model = self.result.model if self.result is not None else _load_model(path)
+                    self._fill_output(output, image, outInfo if controller is not None else None, model, name,
+                                      used)
+                elif not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
+                    raise ValueError("this rank received an empty input piece but owns a non-empty output piece.")
+                add_field_values(output, {**summary, "ModelFileName": str(path)})
             if not empty_piece:
                 self.UpdateProgress(1.0)
 
         return self.guarded(output, produce, failure)
+
+    # ---- training over time --------------------------------------------------------------------
+    def _gather_step(self, request, inInfo, outInfo) -> int:
+        """One execution of the gather: keep step ``i`` of the input series (rank 0 only), then ask the
+        executive to run again for step ``i + 1`` (``CONTINUE_EXECUTING``); after the last step, train.
+
+        Under MPI every rank walks through every step (its own piece; rank 0 the whole volume), so the ranks
+        keep updating their inputs in step even when an upstream filter communicates.
+        """
+        g = self._gather
+        output = vtkImageData.GetData(outInfo)
+        output.Initialize()
+        controller = parallel.piece_controller(outInfo)
+        trains = controller is None or controller.GetLocalProcessId() == 0
+        image = vtkImageData.GetData(inInfo[0])
+        n, i = len(g.times), g.index
+        if g.failure is None and not g.aborted:
+            try:
+                if i == 0:
+                    self.result = None
+                    g.path = self._checked_settings()
+                    g.key_frames = self._checked_key_frames(g.times)
+                if trains:
+                    g.steps.append(self._series_step(image, i, g.times))
+                    if self.CheckAbort():
+                        g.aborted = True
+                self.UpdateProgress((i + 1) / n * GATHER_SHARE)  # exactly GATHER_SHARE after the last step
+            except Exception as exc:
+                g.failure = exc
+        if i + 1 < n and (controller is not None or (g.failure is None and not g.aborted)):
+            g.index += 1
+            request.Set(SDDP.CONTINUE_EXECUTING(), 1)
+            return 1
+        request.Remove(SDDP.CONTINUE_EXECUTING())
+        self._gather = None
+        self.SetAbortExecute(0)
+        empty_piece = not trains and (image is None or image.GetNumberOfPoints() == 0)
+        name = used = run = None
+        if g.failure is None:
+            try:
+                if trains and g.aborted:
+                    run = lambda: self.warning("aborted while reading the time steps; no model was written.")  # noqa: E731
+                elif trains:
+                    series = TimeSeries(g.steps, g.times)  # one clear error naming a step that does not fit
+                    name, used = series.name, g.used
+                    run = lambda: self._train_series(series, g)  # noqa: E731
+                elif not empty_piece:  # the array's name and association, for this rank's piece of the output
+                    volume, used = selected_volume(self, image, self._config.mask_non_finite,
+                                                   mask_setting="MaskNonFinite")
+                    name = volume.name
+            except Exception as exc:
+                g.failure = exc
+        return self._conclude(output, outInfo, image, controller, empty_piece, g.failure, run, g.path, name, used,
+                              series_key=g.key)
+
+    def _series_step(self, image, i: int, times):
+        """Step ``i`` of the input series as a :class:`~srn_core.data.Volume` of its own (the reader re-uses
+        its arrays for the next step), checked to be the step that was asked for."""
+        from srn_core.data import Volume
+
+        if image is None or image.GetNumberOfPoints() == 0:
+            raise ValueError(f"time step {i} (t={times[i]:g}) of the input is empty.")
+        got = data_time(image)
+        if got is not None and not math.isclose(got, times[i], rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"asked for time step {i} (t={times[i]:g}), the input produced t={got:g}; it does not "
+                             f"deliver the time steps it announces.")
+        volume, used = selected_volume(self, image, self._config.mask_non_finite, mask_setting="MaskNonFinite")
+        if self._gather.used is None:
+            self._gather.used = used
+        return Volume(np.array(volume.values, copy=True), volume.geometry, volume.name,
+                      mask_nonfinite=volume.mask_nonfinite)
+
+    def _train_series(self, series, g) -> dict | None:
+        """Train one time-varying model on ``series`` (or keep the last one when neither the data nor any
+        setting changed since it was trained); its summary, or ``None`` when aborted."""
+        trained_key = (self._settings_key(), series.checksum())
+        last = self._trained_series
+        if last is not None and last[0] == trained_key and Path(g.path).is_file():
+            self.result = last[1]
+            return dict(last[2])
+        budget = self._parameter_budget(series.geometry, len(series), g.key_frames or series.times)
+        summary = self._train(series, g.path, budget, key_frames=g.key_frames, progress_from=GATHER_SHARE)
+        self._trained_series = (trained_key, self.result, summary) if summary is not None else None
+        return summary
+
+    def _settings_key(self) -> tuple:
+        """Everything set on this filter that changes the model: the settings and the selected array."""
+        return (self._config, selected_array(self, 0))
+
+    def _checked_key_frames(self, times) -> list[float] | None:
+        """The key frame times ``KeyFrames`` asks for (``None``: one per time step), or one error naming it."""
+        from srn_core.training import key_times_for
+
+        k = self._config.key_frames
+        if k == 0:
+            return None
+        if not 2 <= k <= len(times):
+            raise ValueError(f"KeyFrames must be 0 (one per time step) or from 2 to the input's {len(times)} time "
+                             f"steps, got {k}.")
+        return key_times_for(times, k)
+
+    def _series_output(self, output, inInfo, outInfo, image=None) -> None:
+        """The trained series model on the input's grid (this rank's piece under MPI) at the requested time."""
+        state = self._series
+        if state is None:
+            raise ValueError("no time-varying model is trained yet (the last training failed); update again.")
+        image = image if image is not None else vtkImageData.GetData(inInfo[0])
+        info = outInfo.GetInformationObject(0)
+        controller = parallel.piece_controller(outInfo)
+        if image is None or image.GetNumberOfPoints() == 0:
+            if controller is None or not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
+                raise ValueError("the input image is empty.")
+        else:
+            time = clamped_time(state.model, requested_time(info))
+            self._fill_output(output, image, outInfo if controller is not None else None, state.model, state.name,
+                              state.used, time)
+            output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), time)
+        add_field_values(output, {**state.summary, "ModelFileName": str(state.path)})
+        per_step = state.model.training.get("psnr_per_step")
+        if per_step:  # the model file's own record: PSNR of each time step, as stored
+            array = vtkDoubleArray()
+            array.SetName("PSNRPerStep")
+            for value in per_step:
+                array.InsertNextValue(float(value))
+            output.GetFieldData().AddArray(array)
 
     def _checked_input(self, inInfo):
         """``(image, volume, association, model path, (parameters, target file bytes or None))`` of the input,
@@ -207,6 +462,14 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         image = vtkImageData.GetData(inInfo[0])
         if image is None or image.GetNumberOfPoints() == 0:
             raise ValueError("the input image is empty.")
+        path = self._checked_settings()
+        volume, used = selected_volume(self, image, c.mask_non_finite, mask_setting="MaskNonFinite")
+        return image, volume, used, path, self._parameter_budget(volume.geometry)
+
+    def _checked_settings(self) -> Path:
+        """The model path once every setting that needs no data is known to be valid (before any reading or
+        training), else one error naming the setting."""
+        c = self._config
         path = self._checked_output_path()
         self.checked_evaluation_settings()
         self.compression()
@@ -219,8 +482,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
         if not (c.learning_rate >= 0 and math.isfinite(c.learning_rate)):
             raise ValueError(f"LearningRate must be 0 (the architecture's default) or positive, got "
                              f"{c.learning_rate}.")
-        volume, used = selected_volume(self, image, c.mask_non_finite, mask_setting="MaskNonFinite")
-        return image, volume, used, path, self._parameter_budget(volume.geometry)
+        return path
 
     def compression(self) -> Compression | None:
         """The :class:`~srn_core.compression.Compression` of the model file (``None``: float32), or one error
@@ -242,9 +504,10 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                                   f"lzma, or install {package}.") from None
         return Compression(c.bits, c.decoder_bits, c.codec)
 
-    def _parameter_budget(self, geometry) -> tuple[int, float | None]:
+    def _parameter_budget(self, geometry, steps: int = 1, key_times=None) -> tuple[int, float | None]:
         """``(parameters, target file bytes or None)``: ``ParameterBudget``, or the largest model whose file fits
-        ``TargetRatio`` / ``TargetSize``."""
+        ``TargetRatio`` / ``TargetSize``; a series of ``steps`` time steps (a time-varying model with
+        ``key_times``) counts every step's data."""
         from srn_core.compression import parameters_for_file_size
 
         c = self._config
@@ -260,19 +523,22 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             if not (c.target_ratio > 0 and math.isfinite(c.target_ratio)):
                 raise ValueError(f"TargetRatio must be 0 (use ParameterBudget) or a positive number, got "
                                  f"{c.target_ratio}.")
-            target = geometry.num_points * 4 / c.target_ratio
+            target = geometry.num_points * steps * 4 / c.target_ratio
             asked = f"TargetRatio {c.target_ratio:g} (a file of {format_bytes(target)})"
         else:
             return c.parameter_budget, None
         try:
-            budget = parameters_for_file_size(c.architecture, target, geometry.shape, self.compression())
+            budget = parameters_for_file_size(c.architecture, target, geometry.shape, self.compression(),
+                                              key_times=key_times)
         except ValueError as exc:
             raise ValueError(f"{asked}: {exc}") from None
         check_training_memory(budget, f"{asked} ({budget:,} parameters)")
         return budget, target
 
-    def _train(self, volume, path, budget) -> dict | None:
-        """Train on ``volume``, write the model to ``path``; its summary, or ``None`` when aborted."""
+    def _train(self, volume, path, budget, key_frames=None, progress_from: float = 0.0) -> dict | None:
+        """Train on ``volume`` (a :class:`~srn_core.series.TimeSeries` trains a time-varying model with key
+        frames at ``key_frames``, default one per step), write the model to ``path``; its summary, or ``None``
+        when aborted. Progress runs from ``progress_from`` (what reading the input took) to 0.95."""
         from srn_core.training import TrainConfig, TrainingInterrupted, fit
 
         c = self._config
@@ -281,16 +547,18 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
 
         def progress(state) -> bool:
             # Training is nearly all of the work; the final evaluation is the last few percent.
-            self.UpdateProgress(0.95 * state.step / max(1, state.steps))
+            self.UpdateProgress(progress_from + (0.95 - progress_from) * state.step / max(1, state.steps))
             return bool(self.CheckAbort())
 
         # An abort request ends this execution only; the flag is not reset by VTK itself.
         self.SetAbortExecute(0)
-        self.UpdateProgress(0.0)
+        self.UpdateProgress(progress_from)
+        self.trainings += 1
         try:
             with _all_allowed_cores():
                 result = fit(volume, c.architecture, budget[0], config, callback=progress,
-                             callback_every=max(1, min(25, c.steps // 100)))
+                             callback_every=max(1, min(25, c.steps // 100)),
+                             key_frames=None if key_frames is None else len(key_frames))
         except TrainingInterrupted as exc:
             self.warning(f"aborted: {exc} No model was written.")
             return None
@@ -314,17 +582,20 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
                 "NumberOfParameters": model.num_parameters, "TrainingSeconds": result.seconds,
                 "TrainingSteps": result.steps}
 
-    def _fill_output(self, output, image, piece_info, model, name: str, association: str) -> None:
-        """The reconstruction on the input's grid; under MPI (``piece_info`` given) on this rank's piece only."""
+    def _fill_output(self, output, image, piece_info, model, name: str, association: str,
+                     time: float | None = None) -> None:
+        """The reconstruction on the input's grid (at ``time`` for a time-varying model); under MPI
+        (``piece_info`` given) on this rank's piece only."""
         if piece_info is None:
             output.CopyStructure(image)
-            values = model.resample(chunk_size=self._config.chunk_size)
+            values = model.resample(chunk_size=self._config.chunk_size, time=time)
         else:
             extent = parallel.piece_extent(piece_info)
             output.SetExtent(*extent)
             output.SetOrigin(image.GetOrigin())
             output.SetSpacing(image.GetSpacing())
-            values = model.resample(values_geometry(output, association), chunk_size=self._config.chunk_size)
+            values = model.resample(values_geometry(output, association), chunk_size=self._config.chunk_size,
+                                    time=time)
         attach_array(output, values, name, association)
 
     def _checked_output_path(self) -> Path:
@@ -383,3 +654,19 @@ def _load_model(path):
         raise FileNotFoundError(f"the model rank 0 wrote, {str(path)!r}, is not visible here; under MPI "
                                 f"ModelFileName must be on a file system every rank shares.")
     return load_model(path)
+
+
+def _upstream_mtime(algorithm) -> int:
+    """The latest modification time of every algorithm upstream of ``algorithm``'s inputs: a changed reader
+    setting or filter anywhere above means the series must be read again."""
+    latest, seen, stack = 0, {}, [algorithm]  # seen keeps the wrappers alive, so their ids stay unique
+    while stack:
+        current = stack.pop()
+        for port in range(current.GetNumberOfInputPorts()):
+            for connection in range(current.GetNumberOfInputConnections(port)):
+                upstream = current.GetInputAlgorithm(port, connection)
+                if upstream is not None and id(upstream) not in seen:
+                    seen[id(upstream)] = upstream
+                    latest = max(latest, upstream.GetMTime())
+                    stack.append(upstream)
+    return latest

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports torch (core_samples does, ahead of srn_core): OpenMP reads the wait policy once, and
+# spinning threads made training tests 10-30x slower whenever another process shared the 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hashlib
 import shutil
 import tempfile
