@@ -86,6 +86,8 @@ def attach(source=None, view=None, array: str | None = None, sample_distance: fl
     if cache_memory_mb is not None:
         mapper.SetCacheMemory(cache_memory_mb)
     mapper.SetModel(model)
+    if model.is_time_varying:
+        _follow_view_time(mapper, view, renderer)
     mapper.SetVolumeProperty(prop)
     mapper.SetSampleDistance(sample_distance)
     mapper.AddToRenderer(renderer)
@@ -93,6 +95,17 @@ def attach(source=None, view=None, array: str | None = None, sample_distance: fl
         simple.Hide(source, view)
     simple.Render(view)
     return mapper
+
+
+def _follow_view_time(mapper: NeuralVolumeMapper, view, renderer) -> None:
+    """Draw a time-varying model at the view's time (the animation toolbar's): read before every render, so the
+    mapper decodes only when the time changed. One observer per renderer, however often ``attach`` runs."""
+    previous = getattr(renderer, "_neural_time_observer", None)
+    if previous is not None:
+        renderer.RemoveObserver(previous)
+    mapper.SetTime(float(view.ViewTime))
+    renderer._neural_time_observer = renderer.AddObserver(
+        "StartEvent", lambda caller, event: mapper.SetTime(float(view.ViewTime)))
 
 
 def detach(view=None, source=None) -> bool:

@@ -227,3 +227,29 @@ def test_training_over_time_under_mpi_trains_once_and_each_rank_outputs_its_piec
     stitched = read_image(tmp_path / "trained.pvti")
     assert stitched.GetExtent() == GEOMETRY.whole_extent
     np.testing.assert_allclose(values_of(stitched, "density"), model.resample(time=BETWEEN), rtol=0, atol=1e-5)
+
+
+ATTACH_BODY = """
+    sys.path.insert(0, os.path.join(os.path.dirname(XML_DIR), "examples"))
+    import render_paraview
+    src = NeuralVolumeSource(FileName=sys.argv[1], SamplingDimensions=[{dims}], Device="cpu")
+    view = CreateRenderView()
+    view.ViewSize = [96, 80]
+    Show(src, view)
+    mapper = render_paraview.attach(src, view)
+    times = [mapper.GetTime()]
+    GetAnimationScene().UpdateAnimationUsingDataTimeSteps()
+    for t in ({between}, {last}):
+        view.ViewTime = t
+        Render(view)
+        times.append(mapper.GetTime())
+    json.dump({{"times": times, "steps": list(mapper.GetTimeSteps())}}, open(os.path.join(OUT, "attach.json"), "w"))
+"""
+
+
+def test_the_neural_renderer_follows_the_view_time(pv_env, time_model, tmp_path):
+    path, model = time_model
+    body = ATTACH_BODY.format(dims=", ".join(map(str, DIMS)), between=BETWEEN, last=TIMES[-1])
+    run_ok(["pvpython", script(tmp_path, body), str(path)], pv_env)
+    report = json.loads((tmp_path / "attach.json").read_text())
+    assert report["steps"] == TIMES and report["times"] == [TIMES[0], BETWEEN, TIMES[-1]]
