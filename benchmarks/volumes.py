@@ -81,3 +81,65 @@ def disk_out_ref_temperature(xy_points: int = DISK_OUT_REF_XY_POINTS) -> Volume:
                     "disk_out_ref_temp")
     volume.masked_fraction = float(1 - valid.mean())  # reported by the benchmark beside the volume's size
     return volume
+
+
+# ---- time series (benchmarks/time_varying.py) ------------------------------------------------------------------
+SERIES_NAMES = ("u_wind", "colpex")
+"""Real time-varying Met Office model output from PyPI ``iris-sample-data`` (read with ``scitools-iris``):
+
+* ``u_wind``: ``time_varying_hybrid_height/*.pp`` (15 monthly files, 360-day calendar), eastward wind (STASH
+  m01s00i002), 15 steps x 5 model levels x 144 x 192 (a global 1.875 x 1.25 degree grid);
+* ``colpex``: ``colpex.pp`` (a high-resolution UM run), potential temperature (STASH m01s00i004), 6 steps 10
+  minutes apart x 10 levels x 83 x 83.
+
+The level index is the z axis and every spacing is 1 (the models normalise each axis to [-1, 1] anyway, so the
+spacing only places the data in a viewer; the hybrid-height levels are not evenly spaced). Times are hours since
+the first step, from the fields' own validity times (cftime, so the 360-day calendar is respected).
+"""
+
+SERIES_STASH = {"u_wind": ("time_varying_hybrid_height", "m01s00i002", "u_wind"),
+                "colpex": ("colpex.pp", "m01s00i004", "colpex_theta")}
+
+
+def load_series(name: str):
+    """The time series ``name`` (one of :data:`SERIES_NAMES`) as a :class:`srn_core.series.TimeSeries`."""
+    import glob
+
+    from srn_core.series import TimeSeries
+
+    if name not in SERIES_STASH:
+        raise ValueError(f"unknown time series {name!r}; choose one of {', '.join(SERIES_NAMES)}.")
+    where, stash, array = SERIES_STASH[name]
+    spec = importlib.util.find_spec("iris_sample_data")
+    if spec is None or spec.origin is None:
+        raise ValueError(f"time series {name} needs the iris sample data: .venv/bin/pip install iris-sample-data "
+                         f"scitools-iris")
+    path = os.path.join(os.path.dirname(spec.origin), "sample_data", where)
+    files = sorted(glob.glob(os.path.join(path, "*.pp"))) if os.path.isdir(path) else [path]
+    times, values = _read_pp_fields(files, stash)
+    hours = [(t - times[0]).total_seconds() / 3600.0 for t in times]
+    nt, nz, ny, nx = values.shape
+    geometry = ImageGeometry((nx, ny, nz))
+    steps = [Volume(values[i], geometry, array) for i in range(nt)]
+    return TimeSeries(steps, hours, time_unit=f"hours since {times[0]}")
+
+
+def _read_pp_fields(files, stash: str):
+    """``(validity times, float32 values (time, level, y, x))`` of every field with ``stash`` in ``files``.
+
+    ``iris.fileformats.pp.load`` reads the raw fields; ``iris.load`` is avoided (its cube merging crashes in this
+    environment: xxhash "Strings must be encoded before hashing").
+    """
+    import iris.fileformats.pp as pp
+
+    fields = [f for path in files for f in pp.load(path) if str(f.stash) == stash]
+    if not fields:
+        raise ValueError(f"no field with STASH {stash} in {', '.join(files)}.")
+    times = sorted({f.t1 for f in fields})
+    levels = sorted({int(f.lblev) for f in fields})
+    out = np.full((len(times), len(levels), fields[0].lbrow, fields[0].lbnpt), np.nan, np.float32)
+    for f in fields:
+        out[times.index(f.t1), levels.index(int(f.lblev))] = np.ma.filled(f.data, np.nan)
+    if not np.isfinite(out).all():
+        raise ValueError(f"STASH {stash} in {files[0]}: {int((~np.isfinite(out)).sum())} values are missing.")
+    return times, out
