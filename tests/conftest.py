@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import paraview_env
-from core_samples import analytic_values
+from core_samples import analytic_series_values, analytic_values
 
 
 @pytest.fixture(scope="session")
@@ -31,25 +31,52 @@ def analytic_volume():
 
 @pytest.fixture(scope="session")
 def trained_model(analytic_volume, tmp_path_factory):
-    """``(path, model)``: an APMGSRN trained briefly (about 35 dB) on :func:`analytic_volume`, saved as ``.srn``.
-
-    Training on the CPU is deterministic, so the file is kept between sessions (ctest runs each test file in
-    its own session) under a name that changes with the core's source code.
-    """
-    from srn_core.loading import load_model
-    from srn_core.training import TrainConfig, fit
+    """``(path, model)``: an APMGSRN trained briefly (about 35 dB) on :func:`analytic_volume`, saved as ``.srn``."""
+    from srn_core.training import TrainConfig
 
     config = TrainConfig(steps=150, batch_size=1024, seed=0, device="cpu")
-    digest = hashlib.sha256(repr((config, analytic_volume.checksum())).encode())
+    return _cached_model(analytic_volume, 20_000, config, "density", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def series():
+    """The analytic time series of ``core_samples.SERIES_TIMES`` on ``SERIES_GEOMETRY``, array "density"."""
+    from core_samples import SERIES_GEOMETRY, SERIES_TIMES
+    from srn_core.data import Volume
+    from srn_core.series import TimeSeries
+
+    return TimeSeries([Volume(analytic_series_values(SERIES_GEOMETRY, t), SERIES_GEOMETRY, "density")
+                       for t in SERIES_TIMES], SERIES_TIMES)
+
+
+@pytest.fixture(scope="session")
+def time_model(series, tmp_path_factory):
+    """``(path, model)``: a time-varying model trained briefly (about 35 dB) on :func:`series`."""
+    from srn_core.training import TrainConfig
+
+    config = TrainConfig(steps=200, batch_size=2048, seed=0, device="cpu")
+    return _cached_model(series, 5000, config, "series", tmp_path_factory)
+
+
+def _cached_model(data, budget: int, config, stem: str, tmp_path_factory):
+    """``(path, model)``: ``fit(data, "apmgsrn", budget, config)`` saved as ``<stem>.srn`` in a fresh folder.
+
+    Training on the CPU is deterministic, so the file is kept between sessions (ctest runs each test file in
+    its own session) under a name that changes with the settings, the data and the core's source code.
+    """
+    from srn_core.loading import load_model
+    from srn_core.training import fit
+
+    digest = hashlib.sha256(repr((config, data.checksum())).encode())
     for source in sorted((paraview_env.REPO / "srn_core").rglob("*.py")):
         if "render" not in source.parts:  # the renderer does not change what training produces
             digest.update(source.read_bytes())
-    cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"density-{digest.hexdigest()[:16]}.srn"
+    cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"{stem}-{digest.hexdigest()[:16]}.srn"
     if not cache.is_file():
-        result = fit(analytic_volume, "apmgsrn", 20_000, config)  # the seed alone fixes the initial weights
+        result = fit(data, "apmgsrn", budget, config)  # the seed alone fixes the initial weights
         cache.parent.mkdir(exist_ok=True)
         result.model.save(cache)
-    path = tmp_path_factory.mktemp("model") / "density.srn"
+    path = tmp_path_factory.mktemp(stem) / f"{stem}.srn"
     shutil.copyfile(cache, path)
     return path, load_model(path)
 

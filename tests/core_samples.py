@@ -57,6 +57,11 @@ def write_model_file(path, model: NeuralVolume | None = None, header_text: str |
     save_file(state, str(path), metadata={"neural_volume": json.dumps(header) if header_text is None else header_text})
 
 
+SERIES_TIMES = [0.0, 1.0, 2.5]
+SERIES_GEOMETRY = ImageGeometry((16, 14, 12), (1.0, -2.0, 0.5), (0.5, 0.25, 1.0))
+"""Times and grid of the ``series`` / ``time_model`` fixtures (``conftest.py``)."""
+
+
 def analytic_series_values(geometry, t: float) -> np.ndarray:
     """:func:`analytic_values` plus a term linear in time ``t``, ``(nz, ny, nx)``: a smooth series whose steps
     differ everywhere and that a time-varying model's linear key-frame blending can follow."""

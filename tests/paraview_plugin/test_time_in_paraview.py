@@ -7,58 +7,28 @@ against the model evaluated here, in the test process. Skipped when ParaView or 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import paraview_env
-from core_samples import analytic_series_values
+from core_samples import SERIES_GEOMETRY, SERIES_TIMES
 from paraview_plugin.vtk_series import read_pvd, write_pvd_series
 from pv_scripts import MPI_RANK, read_image, run_ok, script, values_of
-from srn_core.data import Volume
 from srn_core.geometry import ImageGeometry
 from srn_core.loading import load_model
-from srn_core.series import TimeSeries, series_psnr
+from srn_core.series import series_psnr
 
 pytestmark = [pytest.mark.paraview,
               pytest.mark.skipif(paraview_env.missing_reason() is not None,
                                  reason=str(paraview_env.missing_reason()))]
 
-TIMES = [0.0, 1.0, 2.5]
+TIMES = SERIES_TIMES
 BETWEEN = 1.75
 """A time between two stored steps: only the model's interpolation answers it."""
-GEOMETRY = ImageGeometry((16, 14, 12), (1.0, -2.0, 0.5), (0.5, 0.25, 1.0))
+GEOMETRY = SERIES_GEOMETRY
 DIMS = (11, 9, 7)
-
-
-@pytest.fixture(scope="module")
-def series() -> TimeSeries:
-    return TimeSeries([Volume(analytic_series_values(GEOMETRY, t), GEOMETRY, "density") for t in TIMES], TIMES)
-
-
-@pytest.fixture(scope="module")
-def time_model(series, tmp_path_factory):
-    """``(path, model)``: a time-varying model trained briefly on :func:`series` (cached between sessions under
-    a name that changes with the core's source code, as ``conftest.trained_model``)."""
-    from srn_core.training import TrainConfig, fit
-
-    config = TrainConfig(steps=200, batch_size=2048, seed=0, device="cpu")
-    digest = hashlib.sha256(repr((config, series.checksum())).encode())
-    for source in sorted((paraview_env.REPO / "srn_core").rglob("*.py")):
-        if "render" not in source.parts:
-            digest.update(source.read_bytes())
-    cache = Path(tempfile.gettempdir()) / "neural-volume-tests" / f"series-{digest.hexdigest()[:16]}.srn"
-    if not cache.is_file():
-        cache.parent.mkdir(exist_ok=True)
-        fit(series, "apmgsrn", 5000, config).model.save(cache)
-    path = tmp_path_factory.mktemp("time_model") / "series.srn"
-    shutil.copyfile(cache, path)
-    return path, load_model(path)
 
 
 FETCH = """
