@@ -70,13 +70,6 @@ def data_time(data) -> float | None:
     return float(data.GetInformation().Get(vtkDataObject.DATA_TIME_STEP()))
 
 
-def clamped_time(model, t: float | None) -> float:
-    """The time a time-varying ``model`` is evaluated at for a request of ``t``: ``t`` clamped to the model's
-    range as VTK readers answer a time outside theirs, its first step when the request names no time."""
-    lo, hi = model.time_range
-    return lo if t is None else min(max(float(t), lo), hi)
-
-
 class NeuralAlgorithmBase(VTKPythonAlgorithmBase):
     """A ``VTKPythonAlgorithmBase`` whose settings live in ``self._config`` (a frozen :class:`EvaluationSettings`)."""
 

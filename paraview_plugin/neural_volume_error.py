@@ -43,7 +43,7 @@ from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandD
 from srn_core import metrics
 
 from . import model_cache, parallel
-from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, clamped_time, data_time, requested_time
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, data_time, requested_time
 from .vtk_image import add_field_values, array_names, attach_array, selected_array, selected_volume, volume_from_image
 
 
@@ -186,7 +186,7 @@ class NeuralVolumeError(NeuralAlgorithmBase):
                        "ModelFileStorage": model.storage_description}
         if not model.is_time_varying:
             return model.resample(reference.geometry, chunk_size=self._config.chunk_size), file_values, None
-        at = clamped_time(model, time)
+        at = model.clamped_time(time)
         lo, hi = model.time_range
         if time is None:
             self.warning(f"neither the reference nor the request has a time; the time-varying model is compared "

@@ -204,9 +204,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         if isinstance(model, RenderVolume) or not model.is_time_varying:
             self.SetRenderVolume(model if isinstance(model, RenderVolume) else RenderVolume.from_model(model))
             return
-        lo, hi = model.time_range
-        time = lo if self._time is None else min(max(self._time, lo), hi)  # an animation keeps its time
-        self._show_time(model, time)
+        self._show_time(model, model.clamped_time(self._time))  # an animation keeps its time
 
     def _show_time(self, model, time: float) -> None:
         """Draw the time-varying ``model`` at ``time`` (a static frame of it: its own render volume and cache)."""
@@ -218,8 +216,7 @@ class NeuralVolumeMapper(VTKPythonAlgorithmBase):
         which looks the same at every time. Only a change of time decodes anything."""
         if self._model is None:
             return
-        lo, hi = self._model.time_range
-        time = min(max(float(time), lo), hi)
+        time = self._model.clamped_time(time)
         if time != self._time:
             self._show_time(self._model, time)
 

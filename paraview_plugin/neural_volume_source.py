@@ -37,7 +37,7 @@ from srn_core.geometry import ImageGeometry, check_bounds, check_dims
 from srn_core.memory import check_allocation
 
 from . import model_cache
-from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, clamped_time, publish_time_steps, requested_time
+from ._algorithm import EvaluationSettings, NeuralAlgorithmBase, publish_time_steps, requested_time
 from .vtk_image import add_field_values, image_from_array
 
 EMPTY_EXTENT = (0, -1, 0, -1, 0, -1)
@@ -220,7 +220,7 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             return
         c = self._config
         if model.is_time_varying:
-            time = clamped_time(model, time)
+            time = model.clamped_time(time)
             output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), time)
         else:
             time = None  # a static model answers every time alike, as a source without TIME_STEPS does

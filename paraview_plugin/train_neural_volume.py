@@ -62,7 +62,7 @@ from srn_core.series import TimeSeries
 from srn_core.training import check_training_memory
 
 from . import parallel
-from ._algorithm import (EvaluationSettings, NeuralAlgorithmBase, clamped_time, data_time, input_time_steps,
+from ._algorithm import (EvaluationSettings, NeuralAlgorithmBase, data_time, input_time_steps,
                          requested_time)
 from .vtk_image import add_field_values, attach_array, selected_array, selected_volume, values_geometry
 
@@ -442,7 +442,7 @@ class TrainNeuralVolume(NeuralAlgorithmBase):
             if controller is None or not parallel.is_empty_extent(parallel.piece_extent(outInfo)):
                 raise ValueError("the input image is empty.")
         else:
-            time = clamped_time(state.model, requested_time(info))
+            time = state.model.clamped_time(requested_time(info))
             self._fill_output(output, image, outInfo if controller is not None else None, state.model, state.name,
                               state.used, time)
             output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), time)

@@ -58,7 +58,13 @@ class NeuralVolume:
         span = max(abs(lo), abs(hi), hi - lo, 1.0) * 1e-9  # a step written as text and read back still counts
         if not (lo - span <= t <= hi + span):
             raise ValueError(f"{what} {t:g} is outside the model's time range [{lo:g}, {hi:g}].")
-        return min(max(t, lo), hi)
+        return self.clamped_time(t)
+
+    def clamped_time(self, t: float | None) -> float:
+        """The time a time-varying model answers a request for ``t`` with: ``t`` clamped to its time range (as
+        VTK readers answer a time outside theirs), its first step for ``None`` (a request naming no time)."""
+        lo, hi = self.time_range
+        return lo if t is None else min(max(float(t), lo), hi)
 
     def at_time(self, t: float | None) -> "NeuralVolume":
         """The static model at time ``t`` (clamped to the time range, as VTK readers answer a time outside
@@ -68,9 +74,7 @@ class NeuralVolume:
         if t is None:
             raise ValueError(f"model {self.source or 'in memory'} is time-varying ({len(self.time_steps)} steps "
                              f"from {self.time_steps[0]:g} to {self.time_steps[-1]:g}); give a time.")
-        lo, hi = self.time_range
-        t = min(max(float(t), lo), hi)
-        return NeuralVolume(self.field.frame(t), self.geometry, self.array_name, self.training, self.source,
+        return NeuralVolume(self.field.frame(self.clamped_time(t)), self.geometry, self.array_name, self.training, self.source,
                             self.file_bytes, self.storage)
 
     @property
