@@ -53,7 +53,6 @@ from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
 from vtkmodules.vtkCommonExecutionModel import vtkStreamingDemandDrivenPipeline
 from vtkmodules.vtkRenderingCore import vtkActor2D, vtkColorTransferFunction, vtkImageMapper, vtkVolumeProperty
 
-from srn_core.render.brick_cache import BrickCacheSettings
 from srn_core.render.camera import Camera
 from srn_core.render.progressive import progressive_render
 from srn_core.render.raymarch import Renderer, RenderSettings, RenderStats

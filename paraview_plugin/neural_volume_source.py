@@ -21,6 +21,12 @@ readers answer one, and a request without a time gets the first step. The output
 time evaluated. A static model publishes no time::
 
     >>> source.UpdateTimeStep(1.5)            # a time-varying model, between its steps 1 and 2
+
+An ensemble (a model trained brick by brick, ``srn train --ensemble`` or Train Neural Volume's
+``EnsembleGrid``) is never loaded whole for a piece: ``RequestInformation`` reads only the file's description
+(no brick), and ``RequestData`` loads just the bricks whose routing cells the requested extent touches
+(:func:`srn_core.loading.load_model` with the piece's extent of the training grid), so each MPI rank holds its
+own bricks only. :attr:`NeuralVolumeSource.loaded_bricks` says which the last evaluation held.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from vtkmodules.vtkCommonCore import VTK_FLOAT
 from vtkmodules.vtkCommonDataModel import vtkDataObject, vtkDataSetAttributes, vtkImageData
 from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandDrivenPipeline as SDDP
 
+from srn_core.fields.ensemble import EnsembleField
 from srn_core.geometry import ImageGeometry, check_bounds, check_dims
 from srn_core.memory import check_allocation
 
@@ -88,6 +95,8 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
         self.evaluations = 0
         """How many times the model was evaluated (tests use it to check that nothing runs twice)."""
         self.evaluated_points = 0
+        self.loaded_bricks: list[int] | None = None
+        """The ensemble bricks the last evaluation's model held (``None`` for a model that is not an ensemble)."""
 
     # ---- settings (ParaView properties call these) ---------------------------------------------
     def SetFileName(self, file_name):
@@ -180,7 +189,7 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
                 raise ValueError(f"SamplingDimensions must be three integers >= 1, got "
                                  f"{tuple(c.sampling_dimensions)}.") from None
             device, _ = self.checked_evaluation_settings()
-            model, key = model_cache.load_cached(c.file_name, device)
+            model, key = model_cache.load_description(c.file_name, device)
             geometry = self.output_geometry(model)
         except Exception as exc:
             # Reported by RequestData, which always follows when data is wanted: a GUI that only asks for
@@ -235,6 +244,7 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             points = math.prod(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
             check_allocation(BYTES_PER_POINT * points, f"SamplingDimensions {tuple(c.sampling_dimensions)}"
                              + ("" if extent == geometry.whole_extent else f" (the piece {extent})"))
+            model = self._model_for(model, geometry, extent)
             at_time = model.at_time(time)  # the model itself when static; else a static frame at ``time``
             with _clamping(at_time.field, c.clamp_to_data_range):
                 values = at_time.resample(geometry, extent=extent, chunk_size=c.chunk_size)
@@ -243,9 +253,44 @@ class NeuralVolumeSource(NeuralAlgorithmBase):
             self.evaluated_points += values.size
             self._last = (request_key, output.GetPointData().GetScalars())
         fields = {"CompressionRatio": model.compression_ratio}
+        if self.loaded_bricks is not None:
+            fields["LoadedBricks"] = len(self.loaded_bricks)
         if "psnr" in model.training:
             fields["TrainingPSNR"] = float(model.training["psnr"])
         add_field_values(output, fields)
+
+    def _model_for(self, described, geometry: ImageGeometry, extent):
+        """The model that evaluates ``extent`` of ``geometry``: ``described`` itself, or for an ensemble the
+        bricks the extent touches (its points' box in the training grid, widened to whole grid points)."""
+        field = described.field
+        if not isinstance(field, EnsembleField):
+            self.loaded_bricks = None
+            return described
+        model, _ = model_cache.load_cached(self._config.file_name, self._config.device,
+                                           extent=training_extent(described.geometry, geometry, extent))
+        self.loaded_bricks = list(model.field.present)
+        return model
+
+
+def training_extent(training: ImageGeometry, geometry: ImageGeometry, extent) -> tuple[int, ...]:
+    """The smallest extent of the ``training`` grid whose box holds the points of ``extent`` of ``geometry``,
+    clamped to the training grid (points outside the model's bounds are evaluated clamped to it, so by the
+    bricks at its faces). Rounded outwards with a margin of a millionth of a voxel: a point on a grid plane
+    counts for it."""
+    out = []
+    for a in range(3):
+        n = training.dims[a]
+        if n < 2:
+            out += [0, 0]
+            continue
+        step = training.spacing[a]
+        lo = (geometry.origin[a] + extent[2 * a] * geometry.spacing[a] - training.origin[a]) / step
+        hi = (geometry.origin[a] + extent[2 * a + 1] * geometry.spacing[a] - training.origin[a]) / step
+        lo, hi = min(lo, hi), max(lo, hi)
+        i0 = min(n - 1, max(0, math.floor(lo + 1e-6)))
+        i1 = min(n - 1, max(0, math.ceil(hi - 1e-6)))
+        out += [i0, max(i0, i1)]
+    return tuple(out)
 
 
 @contextlib.contextmanager

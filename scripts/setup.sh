@@ -2,7 +2,8 @@
 # One-time set-up of a fresh Debian 12 machine (idempotent; re-running skips what is done).
 #   1. Debian packages: ParaView 5.11 (pvpython, pvbatch, MPI), paraview-dev (CMake build), Xvfb (headless
 #      rendering) and mricron-data (the real volumes the demo, tests and benchmarks use).
-#   2. .venv   : the project venv (torch==2.13.0 CPU, the PyPI vtk wheel, readers, test and benchmark tools).
+#   2. .venv   : the project venv (torch==2.13.0 CPU, the PyPI vtk wheel, readers, test and benchmark tools,
+#                mpi4py for `mpirun -np N srn train --ensemble ...` on Debian's Open MPI).
 #   3. .pvvenv : a venv of Debian's python3 with system site packages, so pvpython/pvbatch can import torch next
 #                to Debian's own numpy and VTK (never pip-install numpy, vtk or pyvista into it).
 set -euo pipefail
@@ -32,7 +33,7 @@ fi
 REQS=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat .venv/.neural-volume-reqs 2>/dev/null)" != "$REQS" ]; then
   log "installing neural-volume and its requirements into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench,compress,fast]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[io,eval,test,bench,compress,fast,mpi]"
   # mayavi only for its bundled disk_out_ref.ex2 (benchmarks/volumes.py); its own requirements are a GUI stack.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps mayavi
   echo "$REQS" > .venv/.neural-volume-reqs

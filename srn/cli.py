@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from srn_core.memory import format_bytes, parse_bytes
+from . import mpi
 
-from . import compress_command, io, render_command
-from .arguments import non_negative_float, number, positive_float, positive_int
-from .compression_options import add_compression_options, compression_of, describe_file, describe_ratio, save_measured
-from .progress import progress_bar
+mpi.limit_threads()  # under mpirun one torch thread per rank: before anything below imports torch
+
+from srn_core.memory import format_bytes, parse_bytes  # noqa: E402
+
+from . import compress_command, io, render_command  # noqa: E402
+from .arguments import non_negative_float, number, positive_float, positive_int  # noqa: E402
+from .compression_options import (add_compression_options, compression_of, describe_file,  # noqa: E402
+                                  describe_ratio, save_measured)
+from .progress import progress_bar  # noqa: E402
 
 ARCHITECTURES = ("apmgsrn", "fvsrn", "ngp", "siren")
 
 finite_float = number(float, math.isfinite, "a finite number")
+non_negative_int = number(int, lambda v: v >= 0, "a whole number, 0 or more")
 
 
 def time_list(text: str) -> list[float]:
@@ -41,9 +49,18 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must look like 500KB, 1MB or 2.5GiB, got {text!r}.") from None
 
 
+def positive_size(text: str) -> int:
+    """:func:`parse_size` of a size that must hold something (``--data-memory``)."""
+    size = parse_size(text)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size like 500KB, 1MB or 2.5GiB, got {text!r}.")
+    return size
+
+
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input volume")
-    g.add_argument("--array", help="array (VTI) or variable (NetCDF) to use; default: the only/active one")
+    g.add_argument("--array", help="array (VTI), variable (NetCDF) or dataset (HDF5) to use; default: the "
+                                   "only/active one")
     g.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="override the voxel spacing")
     g.add_argument("--origin", nargs=3, type=float, metavar=("OX", "OY", "OZ"), help="override the origin")
     g.add_argument("--axis-order", help="world axis of each array axis for npy/raw/NetCDF (default zyx)")
@@ -77,10 +94,21 @@ def _describe_times(series) -> str:
 # ---- srn train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from srn_core.compression import warn_if_missed
+    ranks = mpi.world()
+    if args.ensemble is not None:
+        return _train_ensemble(args, ranks)
+    if ranks is not None:
+        raise mpi.FailedOnEveryRank(f"srn train was started on {ranks.size} MPI ranks, which share out the bricks of "
+                                    f"an ensemble; add --ensemble NX NY NZ, or train a single model without mpirun.")
+    if args.ghost is not None:
+        raise ValueError(f"--ghost {args.ghost} needs --ensemble NX NY NZ: ghost voxels widen an ensemble's bricks.")
+    return _train_single(args)
+
+
+def _train_single(args) -> int:
     from srn_core.series import TimeSeries
     from srn_core.series_readers import expand_inputs
-    from srn_core.training import TrainConfig, TrainingInterrupted, check_training_memory, fit
+    from srn_core.training import TrainingInterrupted, check_training_memory, fit
 
     out = Path(args.output)
     checkpoint = Path(str(out) + ".checkpoint")
@@ -91,22 +119,26 @@ def cmd_train(args) -> int:
         raise ValueError(f"checkpoint {str(checkpoint)!r} of an interrupted run exists; add --resume to continue it, "
                          f"or delete it to start afresh.")
     if args.resume and not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume.")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, time_limit=args.time_limit, checkpoint_every_steps=args.checkpoint_every)
+        parts = _parts_folder(out)
+        hint = (f" ({str(parts)!r} holds an interrupted ensemble run: resume it with its --ensemble NX NY NZ)"
+                if parts.exists() else "")
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist; nothing to resume{hint}.")
+    config = _train_config(args)
     compression = compression_of(args)
-    volume = _read_input(args, inputs)
+    volume = _checked_input(_open_input(args, inputs), config)
     series = isinstance(volume, TimeSeries)
     if args.key_frames is not None and not series:
         raise ValueError(f"--key-frames {args.key_frames} needs a time series input; {_sources(inputs)} is one "
                          f"volume.")
-    n = volume.geometry.num_points
     budget, target, asked = _budget(args, volume, compression)
     check_training_memory(budget, asked)
     stored = compression.describe() if compression else "float32 parameters"
     what = f"{len(volume)} time steps of " if series else ""
     print(f"training {args.model} on {what}{volume.name!r} {volume.geometry.dims} from {_sources(inputs)}: "
           f"{asked}; the file will hold {stored}", file=sys.stderr)
+    streaming = _streaming(getattr(volume, "nbytes", 0), volume, config)
+    if streaming:
+        print(f"srn train: {streaming}", file=sys.stderr)
     bar = progress_bar(config.steps, "step", "train", quiet=args.quiet, interval=args.progress_interval)
 
     def report(p):
@@ -132,27 +164,265 @@ def cmd_train(args) -> int:
         raise OSError(f"could not write the model {str(out)!r} ({exc.strerror or exc}){kept}.") from None
     checkpoint.unlink(missing_ok=True)  # only now: the model file supersedes it
     measured = not math.isnan(result.psnr)
-    psnr = f"{m.training['psnr']:.2f} dB" if measured else ""
-    if "psnr_before_quantization" in m.training:
-        psnr += f" ({m.training['psnr_before_quantization']:.2f} dB before quantization)"
-    print(f"model     {out}: {describe_file(m)}")
-    print(f"steps     {result.steps} in {result.seconds:.1f} s ({result.stopped_because})")
-    if series:
-        print(f"time      {_describe_times(volume)}")
-    every = f"{n:,} voxels x {len(volume)} time steps" if series else f"{n:,} voxels"
-    print(f"PSNR      {psnr} over all {every}" if measured else
-          "PSNR      not measured (interrupted during the final evaluation)")
+    _print_trained(out, m, result, volume, target)
     if measured and series and "psnr_per_step" in m.training:
         # The file's model (quantized where compressed): NeuralVolume.save measured it per step.
         print("per step  " + ", ".join(f"{p:.2f}" for p in m.training["psnr_per_step"]) + " dB")
-    print(f"ratio     {describe_ratio(m)}")
-    if target is not None:
-        warn_if_missed(m.file_bytes, target, f"the model file {str(out)!r}")
     if not measured:
         print(f"srn train: interrupted during the final evaluation; the model is saved to {str(out)!r}, "
               f"its PSNR was not measured (srn eval measures it).", file=sys.stderr)
         return 130
     return 0
+
+
+def _print_trained(out, m, result, volume, target, bricks: str = "") -> None:
+    """The summary of a written model on standard output (and a missed file size as a warning)."""
+    from srn_core.compression import warn_if_missed
+    from srn_core.series import TimeSeries
+
+    series = isinstance(volume, TimeSeries)
+    n = volume.geometry.num_points
+    measured = not math.isnan(result.psnr)
+    psnr = f"{m.training['psnr']:.2f} dB" if measured else ""
+    if "psnr_before_quantization" in m.training:
+        psnr += f" ({m.training['psnr_before_quantization']:.2f} dB before quantization)"
+    print(f"model     {out}: {describe_file(m)}")
+    print(f"steps     {result.steps}{bricks} in {result.seconds:.1f} s ({result.stopped_because})")
+    if series:
+        print(f"time      {_describe_times(volume)}")
+    every = f"{n:,} voxels x {len(volume)} time steps" if series else f"{n:,} voxels"
+    print(f"PSNR      {psnr} over all {every}" if measured else
+          "PSNR      not measured (interrupted during the final evaluation)")
+    print(f"ratio     {describe_ratio(m)}")
+    if target is not None:
+        warn_if_missed(m.file_bytes, target, f"the model file {str(out)!r}")
+
+
+def _train_config(args):
+    from srn_core.training import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                       time_limit=args.time_limit, checkpoint_every_steps=args.checkpoint_every,
+                       data_memory=args.data_memory)
+
+
+def _open_input(args, paths):
+    """The training input: a source read box by box where the format allows, else the volume or series read
+    whole (:func:`srn.io.open_input`)."""
+    return io.open_input(paths, args.array, args.mask_nonfinite, args.spacing, args.origin, args.axis_order,
+                         args.raw_shape, args.raw_dtype, time_selection=args.time, times=args.times,
+                         data_memory=_data_memory(_train_config(args)))
+
+
+def _checked_input(data, config):
+    """A source that fits ``--data-memory`` read whole now (as training would read it), so that what
+    :class:`~srn_core.data.Volume` refuses (non-finite values, a range beyond float32) is refused before the
+    model is sized, as for any volume; a larger one is checked by its one streaming pass of statistics (kept for
+    training). A volume or series read whole is returned as it is."""
+    from srn_core.volume_source import VolumeSource
+
+    if not isinstance(data, VolumeSource):
+        return data
+    if data.nbytes <= _data_memory(config):
+        return data.load()
+    data.statistics()
+    return data
+
+
+def _data_memory(config) -> int:
+    """The resident bound on training data of ``config`` (``--data-memory``, or the training's default)."""
+    from srn_core.training import data_memory_bytes
+
+    return data_memory_bytes(config)
+
+
+def _streaming(nbytes: int, data, config, what: str = "") -> str | None:
+    """The message that training streams ``data`` (``nbytes`` of float32 in one training's box) from disk and
+    with what bound, or ``None`` when it is held in memory (read whole, or small enough to load)."""
+    from srn_core.volume_source import VolumeSource
+
+    bound = _data_memory(config)
+    if not isinstance(data, VolumeSource) or nbytes <= bound:
+        return None
+    limit = (f"--data-memory {format_bytes(bound)}" if config.data_memory is not None else
+             f"the default data memory {format_bytes(bound)} (a quarter of the memory available; --data-memory "
+             f"sets it)")
+    return (f"streaming {what}{data.name!r} from disk ({format_bytes(nbytes)} of float32, more than {limit}): at "
+            f"most {format_bytes(bound)} of it is in memory at a time")
+
+
+def _parts_folder(out: Path) -> Path:
+    """Where an ensemble run keeps its finished bricks and checkpoints until the model file is written."""
+    return Path(str(out) + ".parts")
+
+
+def _check_parts(parts: Path, resume: bool) -> None:
+    """``--resume`` rules for an ensemble's parts folder (those of the single model's checkpoint)."""
+    if parts.exists() and not parts.is_dir():
+        raise ValueError(f"parts folder {str(parts)!r} exists but is not a folder; move it away or choose "
+                         f"another output.")
+    if parts.exists() and not resume:
+        raise ValueError(f"parts folder {str(parts)!r} of an interrupted ensemble run exists; add --resume to "
+                         f"continue it, or delete it to start afresh.")
+    if resume and not parts.exists():
+        raise FileNotFoundError(f"parts folder {str(parts)!r} does not exist; nothing to resume.")
+
+
+def _train_ensemble(args, ranks) -> int:
+    """``srn train --ensemble NX NY NZ``: one model per brick, trained here or over the ranks of ``mpirun``,
+    assembled into one model file by rank 0 (see :mod:`srn.mpi` for how the ranks agree, wait and report)."""
+    from srn_core.ensemble_training import DEFAULT_GHOST, EnsembleTrainingFailed, plan_bricks, train_ensemble
+    from srn_core.series import TimeSeries
+    from srn_core.series_readers import expand_inputs
+    from srn_core.training import TrainingInterrupted, check_training_memory
+    from srn_core.volume_source import VolumeSource, box_shape
+
+    root = ranks is None or ranks.rank == 0
+
+    def agree(check, root_only=False):
+        """``check()`` here (serial), or with its outcome shared by every rank (:meth:`srn.mpi.Ranks.agree`)."""
+        return check() if ranks is None else ranks.agree(check, root_only=root_only)
+
+    out, parts = Path(args.output), _parts_folder(Path(args.output))
+    inputs = agree(lambda: expand_inputs(args.input))
+
+    def check_outputs():  # rank 0 alone looks at the disk, so that every rank fails alike
+        io.check_model_output(out, inputs)
+        _check_parts(parts, args.resume)
+
+    agree(check_outputs, root_only=True)
+
+    def prepare():  # every rank opens its own input (a memory map or file handle: nothing is read yet)
+        if args.key_frames is not None:
+            raise ValueError(f"--key-frames {args.key_frames} needs a time series; --ensemble trains one volume.")
+        config = _train_config(args)
+        data = _open_input(args, inputs)
+        if isinstance(data, TimeSeries):
+            raise ValueError(f"--ensemble trains one static volume, but the input ({_sources(inputs)}) is a time "
+                             f"series of {len(data)} steps; pick one step with --time I.")
+        ghost = DEFAULT_GHOST if args.ghost is None else args.ghost
+        try:
+            plan = plan_bricks(data.geometry, tuple(args.ensemble), ghost)
+        except ValueError as exc:
+            raise ValueError(f"--ensemble {' '.join(map(str, args.ensemble))}: {exc}") from None
+        compression = compression_of(args)
+        budget, target, asked = _ensemble_budget(args, data, plan, compression)
+        check_training_memory(budget // len(plan), asked)
+        return config, data, plan, compression, budget, target, asked
+
+    config, data, plan, compression, budget, target, asked = agree(prepare)
+
+    def check_values():  # one streaming pass on rank 0, kept for the checksum it computes next
+        if isinstance(data, VolumeSource):
+            data.statistics()
+
+    agree(check_values, root_only=True)
+    count = len(plan)
+    largest = max(4 * math.prod(box_shape(plan.box(k), plan.geometry.shape)) for k in range(count))
+    if root:
+        stored = compression.describe() if compression else "float32 parameters"
+        where = f" on {ranks.size} MPI ranks" if ranks is not None else ""
+        print(f"training an ensemble of {' x '.join(map(str, plan.grid))} {args.model} bricks (ghost {plan.ghost}) "
+              f"on {data.name!r} {data.geometry.dims} from {_sources(inputs)}{where}: {asked}; the file will hold "
+              f"{stored}", file=sys.stderr)
+        streaming = _streaming(largest, data, config, "each brick of ")
+        if streaming:
+            print(f"srn train: {streaming}", file=sys.stderr)
+    # Steps done per brick: bricks a resumed run finished before count in full from the start.
+    before = {k: config.steps for k in (_finished_bricks(parts, count) if root and args.resume else [])}
+    bar = progress_bar(count * config.steps, "step", "train", quiet=args.quiet or not root,
+                       interval=args.progress_interval, initial=sum(before.values()))
+
+    def on_change(reported, k, psnr):
+        steps = {**before, **reported}
+        finished = sum(1 for v in steps.values() if v >= config.steps)
+        bar.set_postfix_str(f"{finished}/{count} bricks done, PSNR ~{psnr:.2f} dB (brick {k})", refresh=False)
+        bar.update(sum(steps.values()) - bar.n)
+
+    relay = mpi.ProgressRelay(ranks, on_change)
+
+    def report(k, p):
+        relay.report(k, p.step, p.psnr)
+
+    comm = ranks.sleeping(on_wait=relay.drain) if ranks is not None else None
+    result, failure = None, None
+    try:
+        result = train_ensemble(data, plan.grid, args.model, budget, config, ghost=plan.ghost, work_dir=parts,
+                                resume=args.resume, comm=comm, callback=report, compression=compression)
+    except TrainingInterrupted as exc:  # serial runs only: over MPI every rank raises EnsembleTrainingFailed
+        bar.close()
+        name = "SIGTERM" if exc.signal == signal.SIGTERM else "Ctrl-C"
+        print(f"srn train: interrupted ({name}); the finished bricks and checkpoints are kept in {str(parts)!r}. "
+              f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 128 + int(exc.signal or signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 - over MPI every rank must learn every rank's outcome (below)
+        if ranks is None:
+            if isinstance(exc, EnsembleTrainingFailed):
+                raise RuntimeError(str(exc)) from None
+            raise
+        failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    finally:
+        relay.finish()
+    if ranks is not None:
+        # EnsembleTrainingFailed comes alike on every rank, but rank 0 may also fail alone after the others
+        # returned (assembling, measuring): one more agreement, so that no rank waits for one that gave up.
+        def check():
+            if failure is not None:
+                raise RuntimeError(failure)
+
+        agree(check)
+    if root and bar.n < count * config.steps:
+        bar.update(count * config.steps - bar.n)  # bricks that stopped early (converged, time limit) are done too
+    bar.close()
+
+    def write():
+        result.model.training["source"] = inputs[0] if len(inputs) == 1 else inputs
+        try:
+            return save_measured(result.model, out, compression, data)
+        except OSError as exc:
+            raise OSError(f"could not write the model {str(out)!r} ({exc.strerror or exc}); the trained bricks are "
+                          f"kept in {str(parts)!r}: fix that and run the same command with --resume to write the "
+                          f"model without training again.") from None
+
+    m = agree(write, root_only=True)
+    if not root:
+        return 0
+    import shutil
+
+    shutil.rmtree(parts, ignore_errors=True)  # only now: the model file supersedes the parts
+    _print_trained(out, m, result, data, target, bricks=f" over {count} bricks")
+    return 0
+
+
+def _finished_bricks(parts: Path, count: int) -> list[int]:
+    """Bricks whose model is in ``parts`` already (a resumed run skips them), named as
+    :meth:`srn_core.ensemble_training.EnsembleTraining.brick_path` names them."""
+    return [k for k in range(count) if (parts / f"brick-{k:05d}.safetensors").is_file()]
+
+
+def _ensemble_budget(args, data, plan, compression):
+    """:func:`_budget` for an ensemble: ``--params``, ``--ratio`` and ``--size`` are the whole ensemble's (its
+    one file), shared equally by the bricks; each brick's file is sized for its own box."""
+    from srn_core.compression import parameters_for_file_size
+    from srn_core.volume_source import box_shape
+
+    count = len(plan)
+    if args.params:
+        if args.params < count:
+            raise ValueError(f"--params {args.params} leaves less than one parameter to each of the {count} bricks.")
+        return args.params, None, f"--params {args.params} ({args.params // count:,} per brick)"
+    if args.size:
+        target, asked, file = args.size, f"--size {format_bytes(args.size)}", ""
+    else:
+        target = data.geometry.num_points * 4 / args.ratio
+        asked, file = f"--ratio {args.ratio:g}", f"a file of {format_bytes(target)}, "
+    shape = max((box_shape(plan.box(k), plan.geometry.shape) for k in range(count)), key=math.prod)
+    try:
+        per_brick = parameters_for_file_size(args.model, target / count, shape, compression)
+    except ValueError as exc:
+        raise ValueError(f"{asked} over {count} bricks: {exc}") from None
+    asked += f" ({file}{count} bricks of {per_brick:,} parameters)"
+    return per_brick * count, target, asked
 
 
 def _sources(inputs) -> str:
@@ -389,7 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a volume or a time series and write the model file")
     p.add_argument("input", nargs="+",
-                   help="volume file (.vti, .nii/.nii.gz, .nc, .npy, .raw); or a time series: one file with time "
+                   help="volume file (.vti, .nii/.nii.gz, .nc, .h5, .npy, .raw; raw, npy, NetCDF, HDF5 and "
+                        "uncompressed VTI are read box by box when larger than --data-memory); or a time series: "
+                        "one file with time "
                         "(a NetCDF variable with a time dimension, a 4-D NIfTI, a ParaView .pvd), several files "
                         "or a quoted glob pattern ('step_*.vti', natural order), one step per file")
     p.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.srn)")
@@ -418,6 +690,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress-interval", type=non_negative_float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines when standard error is not a terminal (default 10)")
+    p.add_argument("--data-memory", type=positive_size, metavar="SIZE",
+                   help="most memory the training data may hold, e.g. 512MB, 2GiB: a larger input (raw, npy, "
+                        "NetCDF, HDF5, uncompressed VTI) is streamed from disk brick by brick instead of read "
+                        "whole (default: the training's own bound)")
+    g = p.add_argument_group("ensembles (also under mpirun -np N, which shares the bricks out over N ranks)")
+    g.add_argument("--ensemble", nargs=3, type=positive_int, metavar=("NX", "NY", "NZ"),
+                   help="train one model per brick of an NX x NY x NZ grid and write them as one model file; "
+                        "--size, --ratio and --params are the whole file's, --steps and --time-limit each brick's. "
+                        "Finished bricks and checkpoints are kept in OUTPUT.parts until the file is written "
+                        "(--resume continues from there)")
+    g.add_argument("--ghost", type=non_negative_int, metavar="G",
+                   help="voxels each brick trains on beyond its own cell, on every side (default: "
+                        "srn_core.ensemble_training.DEFAULT_GHOST, chosen by measuring the seams)")
     add_compression_options(p, float32_option=True)
     _add_input_options(p)
     p.set_defaults(run=cmd_train)
@@ -472,11 +757,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    rank = mpi.launch_rank()
+    if rank == 0:
+        args = build_parser().parse_args(argv)
+    else:  # under mpirun every rank parses the same line: rank 0 alone says what is wrong with it
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            args = build_parser().parse_args(argv)
+    who = f"srn {args.command}" if rank == 0 else f"srn {args.command} (rank {rank})"
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         # One line a user can read, like the errors: the core's warnings.warn names no source line worth showing.
-        print(f"srn {args.command}: warning: {message}", file=sys.stderr)
+        print(f"{who}: warning: {message}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
@@ -487,7 +778,15 @@ def main(argv=None) -> int:
         return 130
     except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"srn {args.command}: error: {message}", file=sys.stderr)
+        if getattr(exc, "on_every_rank", False):
+            # Every rank raised it alike (srn.mpi.Ranks.agree): said once, and every rank exits 1.
+            if rank == 0:
+                print(f"srn {args.command}: error: {message}", file=sys.stderr)
+            return 1
+        print(f"{who}: error: {message}", file=sys.stderr)
+        if mpi.initialized():
+            sys.stderr.flush()
+            mpi.abort(1)  # the other ranks cannot know of this error: end the job rather than leave them waiting
         return 1
 
 

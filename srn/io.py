@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -17,7 +18,7 @@ from srn_core.geometry import ImageGeometry
 from srn_core.memory import check_allocation, format_bytes
 from srn_core.modelfile import atomic_write, check_folder_writable
 
-VOLUME_SUFFIXES = (".vti", ".nii", ".nii.gz", ".nc", ".nc4", ".npy", ".raw")
+VOLUME_SUFFIXES = (".vti", ".nii", ".nii.gz", ".nc", ".nc4", ".npy", ".raw", ".h5", ".hdf5")
 OUTPUT_SUFFIXES = (".vti", ".npy")
 
 
@@ -30,11 +31,11 @@ def read_volume(path: str | os.PathLike, array: str | None = None, mask_nonfinit
                 raw_shape=None, raw_dtype: str | None = None) -> data.Volume:
     """Read the volume in ``path``, picking the reader by suffix.
 
-    ``array`` selects the array (VTI) or variable (NetCDF); ``spacing``/``origin`` override or supply the
-    geometry for formats that have none (npy, raw, NetCDF); ``axis_order`` names the world axis of each array
-    axis (default ``zyx``, the C order of a ``(nz, ny, nx)`` array). ``mask_nonfinite`` reaches every reader,
-    whose :class:`~srn_core.data.Volume` would otherwise refuse the NaNs before it could apply. A file holding a
-    time series of several steps is an error here (:func:`read_input` reads those).
+    ``array`` selects the array (VTI), variable (NetCDF) or dataset (HDF5); ``spacing``/``origin`` override or
+    supply the geometry for formats that have none (npy, raw, NetCDF, HDF5); ``axis_order`` names the world axis
+    of each array axis (default ``zyx``, the C order of a ``(nz, ny, nx)`` array). ``mask_nonfinite`` reaches
+    every reader, whose :class:`~srn_core.data.Volume` would otherwise refuse the NaNs before it could apply. A
+    file holding a time series of several steps is an error here (:func:`read_input` reads those).
     """
     path = data.check_regular_file(path)  # a FIFO would block every reader below
     suffix = data.suffix_of(path)
@@ -48,6 +49,10 @@ def read_volume(path: str | os.PathLike, array: str | None = None, mask_nonfinit
         vol = data.read_netcdf(path, array, axis_order, **geo)
     elif suffix == ".npy":
         vol = data.read_numpy(path, name=array, axis_order=axis_order or "zyx", mask_nonfinite=mask_nonfinite, **geo)
+    elif suffix in (".h5", ".hdf5"):
+        from srn_core.volume_files import open_source  # HDF5 is read through its hyperslab source, whole
+
+        vol = open_source(path, array=array, axis_order=axis_order, mask_nonfinite=mask_nonfinite, **geo).load()
     elif suffix == ".raw" or raw_shape is not None:
         if raw_shape is None or raw_dtype is None:
             raise ValueError(f"raw file {str(path)!r} needs --raw-shape and --raw-dtype.")
@@ -138,6 +143,66 @@ def read_input(paths, array: str | None = None, mask_nonfinite: bool = False, sp
     if len(series) == 1 and not keep_series:
         return series.steps[0]
     return series
+
+
+STREAMED_SUFFIXES = (".raw", ".npy", ".nc", ".nc4", ".h5", ".hdf5", ".vti")
+"""Suffixes :func:`open_input` opens box by box (:func:`srn_core.volume_files.open_source`) when the file holds
+one static volume; a VTI only when its data are raw appended, uncompressed (others are read whole)."""
+
+
+def open_input(paths, array: str | None = None, mask_nonfinite: bool = False, spacing=None, origin=None,
+               axis_order: str | None = None, raw_shape=None, raw_dtype: str | None = None,
+               time_selection: str | None = None, times=None, data_memory: int | None = None):
+    """What ``srn train INPUT...`` trains on: a :class:`~srn_core.volume_source.VolumeSource` read box by box
+    from disk for one static volume in a format that allows it (raw, npy, NetCDF and HDF5 hyperslabs, raw
+    appended VTI), so that training holds only what ``TrainConfig.data_memory`` allows; otherwise (a series,
+    a compressed VTI, NIfTI) what :func:`read_input` reads whole, as before. A VTI read whole although it is
+    larger than ``data_memory`` (bytes) is said in a warning. The other options are :func:`read_input`'s."""
+    from srn_core import series_readers
+
+    files = series_readers.expand_inputs(paths)
+    read = dict(time_selection=time_selection, times=times)
+    if len(files) == 1 and time_selection is None and times is None:
+        path = data.check_regular_file(files[0])
+        suffix = data.suffix_of(path)
+        # (A headerless file under another suffix, e.g. data.bin with --raw-shape, is read whole as before.)
+        if suffix in STREAMED_SUFFIXES and series_length(path, array) == 0:
+            source, why = _open_source(path, suffix, array, mask_nonfinite, spacing, origin, axis_order, raw_shape,
+                                       raw_dtype)
+            if source is not None:
+                return source
+            volume = read_input(files, array, mask_nonfinite, spacing, origin, axis_order, raw_shape, raw_dtype,
+                                **read)
+            nbytes = 4 * volume.geometry.num_points
+            if data_memory is not None and nbytes > data_memory:
+                warnings.warn(f"{why}; it is read whole ({format_bytes(nbytes)} of float32, more than "
+                              f"--data-memory {format_bytes(data_memory)}).", stacklevel=2)
+            return volume
+    return read_input(files, array, mask_nonfinite, spacing, origin, axis_order, raw_shape, raw_dtype, **read)
+
+
+def _open_source(path: Path, suffix: str, array, mask_nonfinite, spacing, origin, axis_order, raw_shape,
+                 raw_dtype):
+    """``(open_source of one file with the command's options, None)``, or ``(None, why)`` for a VTI whose data
+    cannot be read box by box (compressed, base64 or inline): :func:`read_input` then reads it whole (and gives
+    its own error if it cannot read it either)."""
+    from srn_core import volume_files
+
+    if suffix == ".raw" and (raw_shape is None or raw_dtype is None):
+        raise ValueError(f"raw file {str(path)!r} needs --raw-shape and --raw-dtype.")
+    geo = {k: tuple(v) for k, v in (("spacing", spacing), ("origin", origin)) if v is not None}
+    try:
+        source = volume_files.open_source(path, array=array, raw_shape=None if raw_shape is None else tuple(raw_shape),
+                                          raw_dtype=raw_dtype, axis_order=axis_order, mask_nonfinite=mask_nonfinite,
+                                          **geo)
+    except ValueError as exc:
+        if suffix != ".vti":
+            raise
+        return None, str(exc).rstrip(".")
+    if geo and suffix == ".vti":  # the file's own geometry, overridden as _placed overrides it for a whole read
+        g = source.geometry
+        source.geometry = ImageGeometry(g.dims, geo.get("origin", g.origin), geo.get("spacing", g.spacing))
+    return source, None
 
 
 def _read_series_file(path: Path, options: dict, indices):

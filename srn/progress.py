@@ -17,10 +17,10 @@ from tqdm import tqdm
 class LineProgress:
     """The subset of tqdm's interface the commands use, printed as one line per ``interval`` seconds."""
 
-    def __init__(self, total: int, unit: str, desc: str, interval: float = 10.0, file=None):
+    def __init__(self, total: int, unit: str, desc: str, interval: float = 10.0, file=None, initial: int = 0):
         self.total, self.unit, self.desc, self.interval = int(total), unit, desc, float(interval)
         self.file = file or sys.stderr
-        self.n = 0
+        self.n = self.initial = int(initial)
         self.postfix = ""
         self.start = self.last = time.perf_counter()
         self.closed = False
@@ -45,7 +45,9 @@ class LineProgress:
     def _print(self, now: float) -> None:
         elapsed = now - self.start
         fraction = self.n / self.total if self.total else 1.0
-        eta = elapsed * (1 - fraction) / fraction if 0 < fraction < 1 else 0.0
+        # The rate of this run's own work: units done before it started (a resumed run's) took no time here.
+        done = self.n - self.initial
+        eta = elapsed * (self.total - self.n) / done if done > 0 and fraction < 1 else 0.0
         line = (f"{self.desc}: {self.n}/{self.total} {self.unit}s ({100 * fraction:.0f}%), "
                 f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s")
         print(line + (f", {self.postfix}" if self.postfix else ""), file=self.file, flush=True)
@@ -61,7 +63,8 @@ class LineProgress:
 class NoProgress:
     """``--quiet``: the same interface, printing nothing."""
 
-    n = 0
+    def __init__(self, initial: int = 0):
+        self.n = int(initial)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -79,13 +82,17 @@ class NoProgress:
         pass
 
 
-def progress_bar(total: int, unit: str, desc: str, quiet: bool = False, interval: float = 10.0):
-    """A progress reporter on standard error: tqdm on a terminal, :class:`LineProgress` otherwise."""
+def progress_bar(total: int, unit: str, desc: str, quiet: bool = False, interval: float = 10.0, initial: int = 0):
+    """A progress reporter on standard error: tqdm on a terminal, :class:`LineProgress` otherwise.
+
+    ``initial``: units already done when it starts (a resumed run), counted in the total but not in the rate
+    the ETA comes from."""
     if quiet:
-        return NoProgress()
+        return NoProgress(initial)
     if sys.stderr.isatty() and _columns(sys.stderr) > 0:
-        return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-    return LineProgress(total, unit, desc, interval)
+        return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+                    initial=initial)
+    return LineProgress(total, unit, desc, interval, initial=initial)
 
 
 def _columns(stream) -> int:

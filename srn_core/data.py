@@ -113,13 +113,7 @@ def read_raw(path: str | os.PathLike, shape: Sequence[int], dtype: str, spacing=
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"raw shape must be three positive sizes, got {shape}.")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not a NumPy dtype; use e.g. <f4, uint8 or >i2.") \
-            from None
-    if dt.kind not in "fiub":
-        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not numeric; use e.g. <f4, uint8 or >i2.")
+    dt = check_raw_dtype(dtype)
     need = offset + int(np.prod(shape)) * dt.itemsize
     have = os.path.getsize(path)
     if have != need:
@@ -127,6 +121,18 @@ def read_raw(path: str | os.PathLike, shape: Sequence[int], dtype: str, spacing=
     arr = np.fromfile(path, dtype=dt, offset=offset).reshape(shape)
     return Volume(_to_zyx(arr, axis_order), _geometry(shape, axis_order, spacing, origin), name or path.stem,
                   mask_nonfinite)
+
+
+def check_raw_dtype(dtype) -> np.dtype:
+    """``dtype`` of a raw file as a numeric NumPy dtype, or one clear error naming ``--raw-dtype``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not a NumPy dtype; use e.g. <f4, uint8 or >i2.") \
+            from None
+    if dt.kind not in "fiub":
+        raise ValueError(f"raw dtype {dtype!r} (--raw-dtype) is not numeric; use e.g. <f4, uint8 or >i2.")
+    return dt
 
 
 def read_nifti(path: str | os.PathLike, name: str | None = None, mask_nonfinite: bool = False) -> Volume:

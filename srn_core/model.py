@@ -153,6 +153,7 @@ class NeuralVolume:
                 if "psnr_per_step" in self.training:
                     self.training.setdefault("psnr_per_step_before_quantization", self.training["psnr_per_step"])
                 self.training["psnr_per_step"] = [round(v, 4) for v in measured["psnr_per_step"]]
+        self._check_whole()
         meta = self.metadata()
         if compression is None:
             tensors, storage = self.field.state_dict(), None
@@ -163,6 +164,12 @@ class NeuralVolume:
         self.file_bytes = os.path.getsize(path)
         self.storage = meta.get("storage")
 
+    def _check_whole(self) -> None:
+        """Refuse to write a partial ensemble (loaded for an extent): its file would lack the other bricks."""
+        if getattr(self.field, "is_partial", False):
+            raise ValueError(f"model {self.source or 'in memory'} was loaded for an extent (ensemble bricks "
+                             f"{self.field.present} of {len(self.field.bricks)}); load it whole to save it.")
+
     @property
     def storage_description(self) -> str:
         """How the model's file stores it: ours (float32 or compressed), or a peer's folder (all its files)."""
@@ -172,6 +179,7 @@ class NeuralVolume:
 
     def compressed(self, compression: Compression) -> "NeuralVolume":
         """The model as a file written with ``compression`` holds it: encoded and decoded in memory."""
+        self._check_whole()
         tensors, storage = encode_state(self.field, compression)
         meta = {**self.metadata(), "storage": {f"field.{k}": v for k, v in storage.items()}}
         device = next(iter(self.field.state_dict().values())).device
@@ -179,24 +187,40 @@ class NeuralVolume:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "",
-                     device: str | torch.device = "cpu") -> "NeuralVolume":
+                     device: str | torch.device = "cpu", bricks: list[int] | None = None) -> "NeuralVolume":
         """The model a file's tensors and metadata describe; one :class:`ModelFileError` if they do not.
 
         Nothing is allocated on the metadata's word: the field its config describes is first built on torch's
         ``meta`` device (shapes without memory), so a small file declaring huge grids is refused by comparing
         those shapes with the tensors actually present, and a consistent but huge model by the memory check.
+
+        ``bricks``: for an ensemble, build only these bricks (a partial ensemble; ``tensors`` need hold only
+        theirs and the ensemble's ``value_range``); the others are never allocated.
         """
         where = f"model file {source!r}"
         architecture, config, value_range, geometry, array_name, training = _checked_metadata(meta, where)
         time_steps, time_unit = _checked_time(meta, where, architecture)
+        if bricks is not None and architecture != "ensemble":
+            bricks = None  # a single model is one brick: all of it is needed anywhere
         state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         try:
             with torch.device("meta"):
                 shell = build_field(architecture, config, value_range)
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as exc:
             raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None
+        if bricks is not None:
+            try:
+                with torch.device("meta"):
+                    shell = type(shell)(shell.config, value_range, present=bricks)
+            except ValueError as exc:
+                raise ModelFileError(f"{where}: {_first_line(exc)}") from None
+            wanted = set(shell.state_dict())
+            state = {k: v for k, v in state.items() if k in wanted}
+            tensors = {k: v for k, v in tensors.items() if k[len("field."):] in wanted}
         storage = meta.get("storage")
         if storage is not None:
+            if bricks is not None and isinstance(storage, dict):
+                storage = {k: v for k, v in storage.items() if k in tensors}
             declared = {f"field.{k}": tuple(v.shape) for k, v in shell.state_dict().items()}
             tensors = decode_state(tensors, storage, declared, where)
             state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
@@ -204,7 +228,10 @@ class NeuralVolume:
         nbytes = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
         check_allocation(nbytes, f"{where} ({architecture}, {shell.num_parameters():,} parameters)")
         try:
-            field = build_field(architecture, config, value_range)
+            if bricks is None:
+                field = build_field(architecture, config, value_range)
+            else:
+                field = type(shell)(shell.config, value_range, present=bricks)
             field.load_state_dict(state, strict=True)
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise ModelFileError(f"{where} does not describe a valid model ({_first_line(exc)}).") from None

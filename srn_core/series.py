@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import Volume
-from .metrics import mse, psnr
+from .metrics import ErrorSums, mse, psnr
+from .volume_source import VolumeSource
 
 
 @dataclass
@@ -123,13 +124,28 @@ def parse_time_selection(text: str, count: int) -> list[int]:
     return indices
 
 
-def series_psnr(model, reference, chunk_size: int | None = None) -> dict:
-    """PSNR of ``model`` against a :class:`~srn_core.data.Volume` or a :class:`TimeSeries`.
+def series_psnr(model, reference, chunk_size: int | None = None, slab_bytes: int | None = None) -> dict:
+    """PSNR of ``model`` against a :class:`~srn_core.data.Volume`, a :class:`TimeSeries` or a
+    :class:`~srn_core.volume_source.VolumeSource`.
+
+    A source is compared z-slab by z-slab (slabs of at most ``slab_bytes`` of data, default the source's
+    ``pass_bytes``, the model resampled on the same slab), the errors added up by
+    :class:`~srn_core.metrics.ErrorSums`: memory stays bounded by the slab whatever the volume's size.
 
     For a series: every step resampled at its time and compared with the series' one value range;
     ``psnr`` is over the whole series (the mean squared error of all steps), ``psnr_per_step`` per step.
     """
     kwargs = {} if chunk_size is None else {"chunk_size": chunk_size}
+    if isinstance(reference, VolumeSource):
+        total = ErrorSums()
+        nx, ny = reference.shape[2], reference.shape[1]
+        for box, values in reference.slabs(slab_bytes or reference.pass_bytes):
+            z0, z1, _ = box[0].indices(reference.shape[0])
+            rec = model.resample(extent=(0, nx - 1, 0, ny - 1, z0, z1 - 1), **kwargs)
+            for ref_slice, rec_slice in zip(values, rec):  # a z-slice at a time: ErrorSums holds float64 copies
+                total = total + ErrorSums.of(ref_slice, rec_slice,
+                                             np.isfinite(ref_slice) if reference.mask_nonfinite else None)
+        return {"psnr": total.psnr}
     if not isinstance(reference, TimeSeries):
         values = model.resample(**kwargs)
         return {"psnr": psnr(reference.values, values, mask=reference.finite_mask)}

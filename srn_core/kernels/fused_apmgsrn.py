@@ -76,7 +76,10 @@ def fused_evaluator(field) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 def _supported(field) -> bool:
     if isinstance(field, EnsembleField):
-        return len(field.bricks) > 0 and all(type(b) is APMGSRN and _cpu_float32(b) for b in field.bricks)
+        # A partial ensemble (loaded for an extent) is supported over its loaded bricks; routing a point to an
+        # absent one is the ensemble's own error.
+        loaded = [field.bricks[k] for k in field.present]
+        return len(loaded) > 0 and all(type(b) is APMGSRN and _cpu_float32(b) for b in loaded)
     if type(field) is not APMGSRN:  # a subclass may compute something else
         return False
     layers = field.decoder.linears
@@ -288,26 +291,21 @@ class FusedAPMGSRN:
 
 class FusedEnsemble:
     """``field(points)`` of an :class:`EnsembleField` of APMGSRN bricks: the points are routed to their bricks
-    with the ensemble's own (PyTorch) code, each brick runs the fused kernel."""
+    with the ensemble's own (PyTorch) code, each loaded brick runs the fused kernel."""
 
     def __init__(self, field: EnsembleField):
         self._field = weakref.ref(field)
-        self._bricks = [FusedAPMGSRN(brick) for brick in field.bricks]
+        self._bricks = {k: FusedAPMGSRN(field.bricks[k]) for k in field.present}
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         field = self._field()
         if field is None:
             raise RuntimeError("the field of this fused evaluator no longer exists.")
         points = _checked_points(points)
-        index = field.brick_index(points)
         out = torch.zeros(points.shape[0], dtype=torch.float32)
-        for k, brick in enumerate(self._bricks):
-            mask = index == k
-            if not bool(mask.any()):
-                continue
-            lo, hi = field.brick_min[k], field.brick_max[k]
-            local = -1 + 2 * ((points[mask] - lo) / (hi - lo))  # the ensemble's own remapping, op for op
-            out[mask] = brick.data_units(local, field.clamp_output)
+        for k, rows in field.segments(points):  # the ensemble's own routing (and its error for an absent brick)
+            local = field.local_points(k, points[rows])  # the ensemble's own remapping, op for op
+            out[rows] = self._bricks[k].data_units(local, field.clamp_output)
         return out
 
 
@@ -325,7 +323,20 @@ def _run(packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out: np.ndarray
     import numba  # noqa: PLC0415 - imported already by _kernel()
 
     module = _kernel()
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    try:
+        _launch(module, packed, points, clamp, out, max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    finally:
+        # numba's OpenMP threading layer sets the OpenMP thread count, which torch shares, to NUMBA_NUM_THREADS on
+        # its first launch: without this, one evaluation would make every later training step in the process
+        # (an MPI rank's next brick) run on all cores, oversubscribed and no longer bit-identical to a fresh run.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+
+
+def _launch(module, packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out: np.ndarray, threads: int) -> None:
+    import numba  # noqa: PLC0415
+
     n_spans = -(-points.shape[0] // module.SPAN)
     n_chunks = max(1, min(n_spans, threads * CHUNKS_PER_THREAD))
     args = (packed.geometry, packed.grids, packed.grid_dims, packed.n_channels, packed.first_t, packed.first_bias,
