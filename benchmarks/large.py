@@ -4,13 +4,14 @@ Data: ``ch2better`` (Debian ``mricron-data``, a 301 x 370 x 316 human T1 MRI at 
 ``inia19`` (168 x 206 x 128, float32), both ``/usr/share/mricron/templates``. PSNR = 20 log10(R) - 10 log10(MSE)
 over every voxel, R the data's own value range.
 
-1. **Out of core** (``out_of_core``):
+1. **Out of core**:
 
    * ``fits``: ch2better as a raw float32 file (134 MiB), trained ``--steps`` steps in memory (the whole volume
      loaded) and streamed (``--fits-memory``, default 64 MiB, resident; bricks swapped in and out), same seed,
      budget and steps: the PSNR difference is what streaming costs.
    * ``big``: ch2better resampled trilinearly (corner aligned) to 1024^3 float32, a 4 GiB raw file written once
-     into ``--work`` slab by slab; ``srn train`` on it with ``--data-memory 512MiB`` for ``--big-steps`` steps, run
+     into ``--work`` slab by slab; ``srn train --float32`` on it (100x: 10.7 M parameters) with
+     ``--data-memory 512MiB`` for ``--big-steps`` steps, run
      under ``/usr/bin/time -v``: peak resident memory (``Maximum resident set size``) of the whole command,
      statistics pass and final PSNR over all 1.07e9 voxels included.
 2. **Ensembles** (``ensemble``): on ch2better and inia19 at ``--ratio``, one APMGSRN of the whole budget against
@@ -21,7 +22,7 @@ over every voxel, R the data's own value range.
    (bricks x steps x batch) / the training time of the busiest rank (the sum of its bricks' training seconds,
    recorded in the model file); the wall time of the whole command is reported beside it.
 
-    .venv/bin/python benchmarks/large.py [--parts out_of_core ensemble mpi] [--work /tmp/nv_large]
+    .venv/bin/python benchmarks/large.py [--parts fits big ensemble mpi] [--work /tmp/nv_large]
         [--steps 1000] [--batch-size 16384] [--big-steps 400] [--ratio 100] [--seconds 60] [--grids 2,1,1 2,2,2]
         [--mpi-steps 300] [--quick]
 
@@ -111,7 +112,7 @@ def peak_rss(command: list[str], env=None) -> tuple[int, float, str]:
 
 
 # ---- 1. out of core --------------------------------------------------------------------------------
-def out_of_core(args, work: Path) -> dict:
+def fits(args, work: Path) -> dict:
     ch2 = load("ch2better")
     raw = work / "ch2better.raw"
     if not raw.exists():
@@ -130,9 +131,12 @@ def out_of_core(args, work: Path) -> dict:
                       "steps": result.steps, "data_memory": memory}
         print(f"  ch2better {mode}: {result.psnr:.2f} dB after {result.steps} steps ({result.seconds:.0f} s)",
               flush=True)
-    fits = {"volume": "ch2better", "dims": list(ch2.geometry.dims), "budget": budget, **config, "rows": rows,
+    return {"volume": "ch2better", "dims": list(ch2.geometry.dims), "budget": budget, **config, "rows": rows,
             "psnr_difference": rows["streamed"]["psnr"] - rows["in memory"]["psnr"]}
 
+
+def big(args, work: Path) -> dict:
+    ch2 = load("ch2better")
     size = args.big_size
     big = work / f"ch2better_{size}.raw"
     t0 = time.perf_counter()
@@ -143,7 +147,7 @@ def out_of_core(args, work: Path) -> dict:
     spacing = [str(s * (n - 1) / (size - 1)) for s, n in zip(ch2.geometry.spacing, ch2.geometry.dims)]
     command = [*SRN, "train", str(big), "--raw-shape", *[str(size)] * 3, "--raw-dtype", "<f4", "--spacing", *spacing,
                "--data-memory", args.big_memory, "--steps", str(args.big_steps), "--batch-size", str(args.batch_size),
-               "-o", str(out), "--quiet"]
+               "--float32", "-o", str(out), "--quiet"]
     print(f"  {' '.join(command)}", flush=True)
     rss, wall, _ = peak_rss(command)
     model = load_model(out)
@@ -151,7 +155,7 @@ def out_of_core(args, work: Path) -> dict:
                "steps": model.training.get("steps"), "train_seconds": model.training.get("seconds"),
                "psnr": model.training.get("psnr"), "peak_rss_bytes": rss, "wall_seconds": wall,
                "model_file_bytes": out.stat().st_size, "parameters": model.num_parameters}
-    return {"fits": fits, "big": big_row}
+    return big_row
 
 
 # ---- 2. ensembles ---------------------------------------------------------------------------------
@@ -210,17 +214,23 @@ def mpi(args, work: Path) -> list[dict]:
     return rows
 
 
+def args_size(row: dict) -> str:
+    return f"{round((row['file_bytes'] / 4) ** (1 / 3))}^3"
+
+
 def table(report: dict) -> str:
     lines = []
-    if "out_of_core" in report:
-        f, b = report["out_of_core"]["fits"], report["out_of_core"]["big"]
+    if "fits" in report or "big" in report:
         lines += ["| out of core | data | data memory | steps | PSNR dB | train s | peak RSS |", "|---|---|---:|---:|---:|---:|---:|"]
-        for mode, r in f["rows"].items():
+        for mode, r in report.get("fits", {}).get("rows", {}).items():
             mem = "whole" if r["data_memory"] is None else f"{r['data_memory'] / MIB:.0f} MiB"
-            lines.append(f"| ch2better {mode} | 141 MB | {mem} | {r['steps']} | {r['psnr']:.2f} | {r['train_seconds']:.0f} | |")
-        lines.append(f"| ch2better 1024^3 streamed | {b['file_bytes'] / 2**30:.1f} GiB | {b['data_memory']} | {b['steps']} | "
-                     f"{b['psnr']:.2f} | {b['train_seconds']:.0f} | {b['peak_rss_bytes'] / 2**30:.2f} GiB |")
-        lines.append(f"\nstreamed - in memory at equal steps: {f['psnr_difference']:+.2f} dB\n")
+            lines.append(f"| ch2better {mode} | 134 MiB | {mem} | {r['steps']} | {r['psnr']:.2f} | {r['train_seconds']:.0f} | |")
+        if "big" in report:
+            b = report["big"]
+            lines.append(f"| ch2better {args_size(b)} streamed | {b['file_bytes'] / 2**30:.1f} GiB | {b['data_memory']} | "
+                         f"{b['steps']} | {b['psnr']:.2f} | {b['train_seconds']:.0f} | {b['peak_rss_bytes'] / 2**30:.2f} GiB |")
+        if "fits" in report:
+            lines.append(f"\nstreamed - in memory at equal steps: {report['fits']['psnr_difference']:+.2f} dB\n")
     if "ensemble" in report:
         lines += ["| volume | bricks | parameters | file bytes | PSNR dB | train s |", "|---|---|---:|---:|---:|---:|"]
         for r in report["ensemble"]:
@@ -237,8 +247,8 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--parts", nargs="+", default=["out_of_core", "ensemble", "mpi"],
-                   choices=["out_of_core", "ensemble", "mpi"])
+    p.add_argument("--parts", nargs="+", default=["fits", "big", "ensemble", "mpi"],
+                   choices=["fits", "big", "ensemble", "mpi"])
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "nv_large"),
                    help="folder for the data files (the 4 GiB one is kept and reused) and models")
     p.add_argument("--steps", type=int, default=1000)
@@ -270,7 +280,9 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
 
-    for part, run in (("out_of_core", out_of_core), ("ensemble", ensembles), ("mpi", mpi)):
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    report.update({k: v for k, v in previous.items() if k in ("fits", "big", "ensemble", "mpi") and k not in args.parts})
+    for part, run in (("fits", fits), ("big", big), ("ensemble", ensembles), ("mpi", mpi)):
         if part in args.parts:
             print(f"{part}:", flush=True)
             report[part] = run(args, work)

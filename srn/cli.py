@@ -395,9 +395,10 @@ def _train_ensemble(args, ranks) -> int:
 
 
 def _finished_bricks(parts: Path, count: int) -> list[int]:
-    """Bricks whose model is in ``parts`` already (a resumed run skips them), named as
-    :meth:`srn_core.ensemble_training.EnsembleTraining.brick_path` names them."""
-    return [k for k in range(count) if (parts / f"brick-{k:05d}.safetensors").is_file()]
+    """Bricks whose model is in ``parts`` already (a resumed run skips them)."""
+    from srn_core.ensemble_training import brick_file
+
+    return [k for k in range(count) if brick_file(parts, k).is_file()]
 
 
 def _ensemble_budget(args, data, plan, compression):

@@ -153,6 +153,11 @@ def brick_seed(seed: int, k: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+def brick_file(work_dir: str | os.PathLike, k: int) -> Path:
+    """Where a run in ``work_dir`` keeps brick ``k``'s finished model (its existence means the brick is done)."""
+    return Path(work_dir) / f"brick-{int(k):05d}.safetensors"
+
+
 class EnsembleTrainingFailed(Exception):
     """A rank's brick failed; every rank raises this, naming the failed rank(s) and their errors.
 
@@ -202,7 +207,7 @@ class EnsembleTraining:
 
     # ---- paths ----
     def brick_path(self, k: int) -> Path:
-        return self.work_dir / f"brick-{self.plan._checked(k):05d}.safetensors"
+        return brick_file(self.work_dir, self.plan._checked(k))
 
     def checkpoint_path(self, k: int) -> Path:
         return self.work_dir / f"brick-{self.plan._checked(k):05d}.checkpoint"
@@ -427,5 +432,5 @@ def train_ensemble(data: Volume | VolumeSource, grid, architecture: str = "apmgs
                        ", ".join(reasons) or "steps")
 
 
-__all__ = ["DEFAULT_GHOST", "BrickPlan", "plan_bricks", "brick_seed", "EnsembleTraining", "EnsembleTrainingFailed",
+__all__ = ["DEFAULT_GHOST", "BrickPlan", "plan_bricks", "brick_seed", "brick_file", "EnsembleTraining", "EnsembleTrainingFailed",
            "train_ensemble"]
