@@ -143,7 +143,8 @@ def big(args, work: Path) -> dict:
     write_upsampled(ch2, size, big)
     made = time.perf_counter() - t0
     out = work / f"ch2better_{size}.srn"
-    out.unlink(missing_ok=True)
+    for stale in (out, Path(f"{out}.checkpoint")):  # a killed earlier run's checkpoint would need --resume
+        stale.unlink(missing_ok=True)
     spacing = [str(s * (n - 1) / (size - 1)) for s, n in zip(ch2.geometry.spacing, ch2.geometry.dims)]
     command = [*SRN, "train", str(big), "--raw-shape", *[str(size)] * 3, "--raw-dtype", "<f4", "--spacing", *spacing,
                "--data-memory", args.big_memory, "--steps", str(args.big_steps), "--batch-size", str(args.batch_size),
