@@ -48,6 +48,9 @@ from .compression import Compression
 from .compression_aware import grid_penalty, quantized_forward
 from .data import Volume
 from .fields import Field, TimeVaryingField, field_for_budget
+from .fields.apmgsrn import APMGSRN, density_kl
+from .kernels.fused_training import (fused_encode, fused_feature_density, fused_training_supported,
+                                     ground_truth_supported, trilinear_border)
 from .memory import check_allocation
 from .devices import resolve_device
 from .model import NeuralVolume
@@ -125,6 +128,12 @@ class TrainConfig:
     swap_fraction: float = 0.25
     """Streaming only: fraction of the resident bricks replaced at each refresh (the oldest ones, by the next of a
     random order of all bricks, so every brick is resident equally long)."""
+    fused: bool = True
+    """Train on the compiled CPU kernels where they apply (:mod:`srn_core.kernels.fused_training`): ground truth by
+    index arithmetic for any field on the CPU; for an APMGSRN also the feature lookups (forward and backward), the
+    feature density and its gradient, and Adam's fused update. ``False`` (or ``SRN_FUSED=0`` in the environment)
+    trains on the PyTorch reference path, which is also what CUDA and the other architectures run. Both paths
+    draw the same points and agree to float32 rounding; the models differ in the last bits."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every_steps"):
@@ -165,6 +174,14 @@ class TrainProgress:
     grids_frozen: bool
 
 
+STEP_PHASES = ("points", "ground truth", "feature lookups", "decoder", "loss", "backward", "optimizer",
+               "density loss", "schedule")
+"""The parts of a training step :attr:`TrainResult.profile` times. "feature lookups" (with the grid transforms)
+and "decoder" are split for an APMGSRN; for other fields the whole forward counts as "decoder". "backward" is
+the reconstruction loss's (lookups and decoder); "density loss" is APMGSRN's transform update, forward, backward
+and step."""
+
+
 @dataclass
 class TrainResult:
     model: NeuralVolume
@@ -173,6 +190,9 @@ class TrainResult:
     steps: int
     seconds: float
     stopped_because: str
+    profile: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds spent in each part of the training steps of this call (:data:`STEP_PHASES`); on CUDA, where
+    kernels run asynchronously, a phase's time may show up in a later one."""
 
 
 class TrainingInterrupted(Exception):
@@ -328,7 +348,19 @@ def train(volume: Volume | TimeSeries | VolumeSource, field: Field, config: Trai
         model.training["between_fraction"] = config.between_fraction
     if math.isnan(final_psnr):
         del model.training["psnr"]  # unknown, not NaN: readers treat a present "psnr" as a measurement
-    return TrainResult(model, final_psnr, state.step, state.seconds, stopped)
+    return TrainResult(model, final_psnr, state.step, state.seconds, stopped, dict(state.profile))
+
+
+class _PhaseClock:
+    """Adds the seconds since the previous call to the phase named in each call (``clock("decoder")``)."""
+
+    def __init__(self, totals: dict[str, float], start: float):
+        self.totals, self.last = totals, start
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.totals[phase] += now - self.last
+        self.last = now
 
 
 class _CheckpointSaver:
@@ -464,10 +496,16 @@ class _TrainState:
             self.targets = [torch.from_numpy((volume.values - lo) / scale).to(device)[None, None]]
         self.masked = volume.mask_nonfinite
         field.to(device).train()
+        # The compiled kernels, where they apply (the reference path otherwise; see TrainConfig.fused).
+        self.fused_field = config.fused and fused_training_supported(field)
+        self.fused_targets = [t[0, 0].numpy() for t in self.targets] if (
+            config.fused and self.targets and ground_truth_supported(self.targets[0])) else None
         groups = field.parameter_groups(config.lr)
         main = [g for g in groups if g.get("name") != "transforms"]
         aux = [g for g in groups if g.get("name") == "transforms"]
         adam = dict(betas=(0.9, 0.99), eps=1e-15)
+        if self.fused_field:
+            adam["fused"] = True  # one kernel per parameter instead of a dozen elementwise passes
         self.optimizer = torch.optim.Adam(main, **adam)
         self.aux_optimizer = torch.optim.Adam(aux, **adam) if aux else None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -483,6 +521,7 @@ class _TrainState:
         self.density_losses: deque[float] = deque(maxlen=2 * config.density_window)
         self.stalls = 0
         self.frozen_at: int | None = None if self.aux_optimizer else 0
+        self.profile = dict.fromkeys(STEP_PHASES, 0.0)
 
     @property
     def lr(self) -> float:
@@ -494,13 +533,16 @@ class _TrainState:
 
     def run_step(self) -> None:
         t0 = time.perf_counter()
+        clock = _PhaseClock(self.profile, t0)
         c = self.config
         if self.sampler is not None:
             with torch.no_grad():
                 points, target = self.sampler.draw(c.batch_size)
             groups = [(points, None)]
+            clock("ground truth")
         else:
             points = (torch.rand(c.batch_size, 3, generator=self.generator) * 2 - 1).to(self.device)
+            clock("points")
             if self.times is None:
                 with torch.no_grad():
                     target = self._sample(0, points)
@@ -508,11 +550,18 @@ class _TrainState:
             else:
                 groups, target = self._time_groups(points)
                 points = torch.cat([p.reshape(-1, 3) for p, _ in groups])
+            clock("ground truth")
         if self.compression is not None and self.qat_from is None and (
                 self.step >= (1 - c.qat_fraction) * c.steps or (
                 c.time_limit is not None and self.seconds >= (1 - c.qat_fraction) * c.time_limit)):
             self.qat_from = self.step
-        pred = torch.cat([self._predict(p, times).reshape(-1) for p, times in groups])
+        if len(groups) == 1 and groups[0][1] is None and self.qat_from is None and type(self.field) is APMGSRN:
+            feats = fused_encode(self.field, points) if self.fused_field else self.field.encode(points)
+            clock("feature lookups")
+            pred = self.field.decode(feats)
+        else:
+            pred = torch.cat([self._predict(p, times).reshape(-1) for p, times in groups])
+        clock("decoder")
         if self.masked:
             # Zero the targets before differencing: a NaN inside the graph would poison the gradient.
             valid = torch.isfinite(target)
@@ -523,18 +572,25 @@ class _TrainState:
             loss = err.mean()
         penalty = grid_penalty(self.field, c.grid_tv_weight, c.grid_l1_weight)
         self.optimizer.zero_grad(set_to_none=True)
+        clock("loss")
         (loss if penalty is None else loss + penalty).backward()
+        clock("backward")
         self.optimizer.step()
+        clock("optimizer")
         if not self.grids_frozen and self.step >= c.density_start:
             self._density_step(points, err.detach())
+            clock("density loss")
         self.losses.append(float(loss.detach()))
         if self.grids_frozen:  # the paper steps the plateau schedule once the grids stopped moving
             self.scheduler.step(sum(self.losses) / len(self.losses))
+        clock("schedule")
         self.step += 1
         self.seconds += time.perf_counter() - t0
 
     def _sample(self, step: int, points: torch.Tensor) -> torch.Tensor:
         """Step ``step``'s normalised trilinear values ``(N,)`` at ``points`` ``(N, 3)``."""
+        if self.fused_targets is not None:
+            return trilinear_border(self.fused_targets[step], points)
         return F.grid_sample(self.targets[step], points.reshape(1, 1, 1, -1, 3), mode="bilinear",
                              padding_mode="border", align_corners=True).view(-1)
 
@@ -569,7 +625,10 @@ class _TrainState:
 
     def _density_step(self, points: torch.Tensor, err: torch.Tensor) -> None:
         c = self.config
-        aux = self.field.auxiliary_loss(points, err)
+        if self.fused_field:
+            aux = density_kl(fused_feature_density(self.field, points), err)
+        else:
+            aux = self.field.auxiliary_loss(points, err)
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()

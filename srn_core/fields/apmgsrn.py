@@ -144,9 +144,8 @@ class APMGSRN(Field):
     def feature_density(self, points: torch.Tensor) -> torch.Tensor:
         """Flat-top Gaussian feature density ``(N,)``: how many grid features cover each point, per unit volume."""
         local = self.local_coordinates(points)
-        det = torch.linalg.det(self.transforms[:, :3, :3])  # magnification of grid g
         inside = _FlatTop.apply(local, self.config.density_exponent)  # (M, N)
-        return (det[:, None] / (2 * math.pi) ** 1.5 * inside).sum(dim=0)
+        return (self.density_weights()[:, None] * inside).sum(dim=0)
 
     def parameter_groups(self, lr: float):
         return [
@@ -156,12 +155,12 @@ class APMGSRN(Field):
 
     def auxiliary_loss(self, points: torch.Tensor, per_point_error: torch.Tensor) -> torch.Tensor:
         """KL divergence from the error-weighted target density to the current feature density (the paper's loss)."""
-        density = self.feature_density(points)
-        density = density / density.sum().detach()
-        err = per_point_error.detach()
-        target = torch.exp(torch.log(density.detach() + 1e-16) * (err.mean() / (err + 1e-16)))
-        target = target / target.sum()
-        return F.kl_div(torch.log(density + 1e-16), torch.log(target + 1e-16), reduction="batchmean", log_target=True)
+        return density_kl(self.feature_density(points), per_point_error)
+
+    def density_weights(self) -> torch.Tensor:
+        """``(M,)`` each grid's share of :meth:`feature_density` per unit of its flat-top Gaussian: its
+        magnification ``det(A)`` over the Gaussian's normalisation ``(2 pi)^1.5``."""
+        return torch.linalg.det(self.transforms[:, :3, :3]) / (2 * math.pi) ** 1.5
 
     # ---- budgets -------------------------------------------------------------------------------
     @classmethod
@@ -196,6 +195,16 @@ class APMGSRN(Field):
         return APMGSRNConfig(n_grids=whole.n_grids, n_features=whole.n_features,
                              grid_shape=fit_grid_shape(voxels, data_shape_zyx), width=whole.width)
 
+
+
+def density_kl(density: torch.Tensor, per_point_error: torch.Tensor) -> torch.Tensor:
+    """The feature-density loss of a batch: KL divergence from the error-weighted target density to the feature
+    density ``(N,)`` (both normalised over the batch; the target and the normalisation carry no gradient)."""
+    density = density / density.sum().detach()
+    err = per_point_error.detach()
+    target = torch.exp(torch.log(density.detach() + 1e-16) * (err.mean() / (err + 1e-16)))
+    target = target / target.sum()
+    return F.kl_div(torch.log(density + 1e-16), torch.log(target + 1e-16), reduction="batchmean", log_target=True)
 
 
 class _FlatTop(torch.autograd.Function):

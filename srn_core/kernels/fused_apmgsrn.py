@@ -198,15 +198,9 @@ def pack(field: APMGSRN, grid_pad: int, geometry_columns: int) -> PackedAPMGSRN:
         return np.ascontiguousarray(t.detach().numpy(), dtype=np.float32)
 
     c = field.config
-    transforms = field.transforms.detach().double().numpy()
     grids = array(field.feature_grids)
     m, n_channels, d, h, w = grids.shape
-    half = np.array([w - 1, h - 1, d - 1], np.float64) / 2  # local x indexes W, y H, z D
-    geometry = np.zeros((m, geometry_columns), np.float32)
-    linear = transforms[:, :3, :3] * half[None, :, None]
-    offset = (transforms[:, :3, 3] + 1) * half + grid_pad
-    geometry[:, :12] = np.concatenate([linear, offset[:, :, None]], axis=2).reshape(m, 12)
-    geometry[:, 12:15] = np.array([w, h, d], np.float64) + grid_pad + 0.5
+    geometry = cell_geometry(field.transforms, (d, h, w), grid_pad, geometry_columns)
     padded = np.zeros((m, n_channels, d + 2 * grid_pad, h + 2 * grid_pad, w + 2 * grid_pad), np.float32)
     padded[:, :, grid_pad:-grid_pad, grid_pad:-grid_pad, grid_pad:-grid_pad] = grids
     layers = field.decoder.linears
@@ -235,6 +229,22 @@ def pack(field: APMGSRN, grid_pad: int, geometry_columns: int) -> PackedAPMGSRN:
         high=np.float32(field.value_range[1]),
         width=int(width),
     )
+
+
+def cell_geometry(transforms: torch.Tensor, grid_shape, grid_pad: int, geometry_columns: int) -> np.ndarray:
+    """``(M, geometry_columns)`` float32: per grid the 12 coefficients of ``cell = A' p + b'`` (row-major
+    ``[A' | b']``; x, y, z index W, H, D of a grid padded by ``grid_pad`` cells) and the 3 upper clamp bounds
+    (see :func:`pack`; computed in float64)."""
+    d, h, w = grid_shape
+    t = transforms.detach().double().cpu().numpy()
+    m = t.shape[0]
+    half = np.array([w - 1, h - 1, d - 1], np.float64) / 2  # local x indexes W, y H, z D
+    geometry = np.zeros((m, geometry_columns), np.float32)
+    linear = t[:, :3, :3] * half[None, :, None]
+    offset = (t[:, :3, 3] + 1) * half + grid_pad
+    geometry[:, :12] = np.concatenate([linear, offset[:, :, None]], axis=2).reshape(m, 12)
+    geometry[:, 12:15] = np.array([w, h, d], np.float64) + grid_pad + 0.5
+    return geometry
 
 
 class FusedAPMGSRN:

@@ -1,0 +1,201 @@
+"""The fast path of an APMGSRN training step on the CPU: compiled feature lookups, feature density and ground
+truth (:mod:`srn_core.kernels.training_numba`) behind autograd functions, so the training loop, the decoder and
+Adam stay PyTorch.
+
+* :class:`FusedLookup`: ``field.encode(points)`` (features ``(N, M*C)``) with its gradient to the feature grids.
+  Like the reference, the transforms get no gradient from the lookups (they move only by the density loss).
+* :class:`FusedDensity`: ``field.feature_density(points)`` with its gradient to the transforms and the per-grid
+  weights (``det(A) / (2 pi)^1.5``, whose own gradient autograd takes from ``torch.linalg.det``).
+* :func:`trilinear_border`: ``grid_sample(volume, points, "bilinear", "border", align_corners=True)`` by index
+  arithmetic, the ground truth of a training batch.
+
+The PyTorch path (:meth:`APMGSRN.encode`, :meth:`APMGSRN.feature_density`, ``grid_sample``) stays the reference:
+the tests hold these to it (forward and gradients to 1e-5, ``gradcheck`` in float64), and
+``TrainConfig(fused=False)`` or ``SRN_FUSED=0`` trains on it. :func:`training_kernels` says whether the kernels can
+run (numba imports; else one ``RuntimeWarning``, shared with the inference kernel, and the reference path runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fused_apmgsrn
+from .fused_apmgsrn import _LOCK, _signals_held
+
+TASKS_PER_THREAD = 4
+"""Tasks each thread's share of the points is cut into, handed out one at a time (numba's dynamic scheduling):
+a thread slowed by another process takes fewer (see :data:`fused_apmgsrn.CHUNKS_PER_THREAD`)."""
+
+_MODULE = None
+_COMPILED: set = set()
+
+
+def training_kernels():
+    """The compiled training kernels' module, or ``None`` when numba is unusable (said once per process)."""
+    global _MODULE
+    if _MODULE is None and fused_apmgsrn._kernel() is not None:  # the inference kernel's import and warning
+        with _signals_held():
+            from . import training_numba  # noqa: PLC0415 - lazy: compiling is for processes that train
+
+        _MODULE = training_numba
+    return _MODULE
+
+
+def fused_training_enabled() -> bool:
+    """False where ``SRN_FUSED=0`` (read at every call), as for the inference kernel."""
+    return os.environ.get("SRN_FUSED", "1").strip() != "0"
+
+
+@contextlib.contextmanager
+def _launch(key):
+    """One kernel launch at a time, on ``torch.get_num_threads()`` threads with dynamic scheduling; torch's
+    OpenMP thread count restored after (numba's OpenMP layer resets it on its first launch)."""
+    import numba  # noqa: PLC0415
+
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    with _LOCK:
+        numba.set_num_threads(threads)
+        previous = numba.set_parallel_chunksize(1)
+        try:
+            if key in _COMPILED:
+                yield threads
+            else:  # the first launch of a kernel and dtype compiles (or loads from the cache): hold signals
+                with _signals_held():
+                    yield threads
+                _COMPILED.add(key)
+        finally:
+            numba.set_parallel_chunksize(previous)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+
+
+def _tasks(n: int, threads: int) -> int:
+    return max(1, min(n, threads * TASKS_PER_THREAD))
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+class FusedLookup(torch.autograd.Function):
+    """Grid-major features ``(N, M*C)`` of float32 ``grids (M, C, D, H, W)`` at ``points (N, 3)`` placed by
+    ``transforms (M, 4, 4)``; the gradient flows to ``grids`` only."""
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor, transforms: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        module = training_kernels()
+        pad = module.GRID_PAD
+        points = points.detach().contiguous()
+        m, c = grids.shape[:2]
+        geometry = fused_apmgsrn.cell_geometry(transforms, grids.shape[-3:], pad, module.GEOMETRY_COLUMNS)
+        padded = F.pad(grids.detach(), (pad,) * 6)
+        dims = np.array(grids.shape[-3:], np.int64)
+        out = torch.empty(points.shape[0], m * c, dtype=grids.dtype)
+        with _launch(("lookup", grids.dtype)) as threads:
+            if grids.dtype == torch.float32:
+                module.lookup_forward(points.numpy(), geometry, padded.view(-1).numpy(), dims, c,
+                                      _tasks(-(-points.shape[0] // module.SPAN), threads), out.numpy())
+            else:  # the float64 gradient checks
+                module.lookup_forward_scalar(points.numpy(), geometry.astype(_numpy(points).dtype),
+                                             padded.view(-1).numpy(), dims, c, out.numpy())
+        ctx.save_for_backward(points)
+        ctx.geometry, ctx.dims, ctx.padded_shape = geometry, dims, tuple(padded.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (points,) = ctx.saved_tensors
+        module = training_kernels()
+        pad = module.GRID_PAD
+        m, c = ctx.padded_shape[:2]
+        grad_t = grad.t().contiguous()  # one row per grid channel: each task reads its own rows
+        with _launch(("lookup_backward", grad.dtype)) as threads:
+            splits = max(1, math.ceil(threads / m)) if points.shape[0] >= threads else 1
+            padded = torch.zeros((splits, *ctx.padded_shape), dtype=grad.dtype)
+            module.lookup_backward(points.numpy(), ctx.geometry.astype(_numpy(points).dtype), grad_t.numpy(), ctx.dims, c, splits,
+                                   padded.view(-1).numpy())
+        if splits > 1:
+            padded = padded.sum(0, keepdim=True)
+        return None, None, padded[0, :, :, pad:-pad, pad:-pad, pad:-pad].contiguous()
+
+
+class FusedDensity(torch.autograd.Function):
+    """``sum_g weights[g] * exp(-0.5 * sum_d local_gd ** exponent)`` per point ``(N,)``, ``local = A p + b`` from
+    ``transforms (M, 4, 4)``; gradients to ``transforms`` and ``weights``."""
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor, transforms: torch.Tensor, weights: torch.Tensor,
+                exponent: int) -> torch.Tensor:
+        module = training_kernels()
+        points = points.detach().contiguous()
+        affine = np.ascontiguousarray(transforms.detach()[:, :3, :].reshape(-1, 12).double().numpy())
+        w = weights.detach().double().contiguous().numpy()
+        out = torch.empty(points.shape[0], dtype=transforms.dtype)
+        gaussians = np.empty((affine.shape[0], points.shape[0]), _numpy(points).dtype)
+        with _launch(("density", points.dtype)) as threads:
+            module.density_forward(points.numpy(), affine, w, int(exponent), _tasks(points.shape[0], threads),
+                                   gaussians, out.numpy())
+        ctx.save_for_backward(points)
+        ctx.affine, ctx.weights, ctx.exponent, ctx.gaussians = affine, w, int(exponent), gaussians
+        ctx.dtype = transforms.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (points,) = ctx.saved_tensors
+        module = training_kernels()
+        m = ctx.affine.shape[0]
+        with _launch(("density_backward", points.dtype, grad.dtype)) as threads:
+            tasks = _tasks(points.shape[0], threads)
+            partial = np.zeros((tasks, m, 13), np.float64)
+            module.density_backward(points.numpy(), ctx.affine, ctx.weights, ctx.exponent, ctx.gaussians,
+                                    grad.detach().contiguous().numpy(), tasks, partial)
+        total = torch.from_numpy(partial.sum(axis=0))
+        grad_transforms = torch.zeros(m, 4, 4, dtype=torch.float64)
+        grad_transforms[:, :3, :] = total[:, :12].reshape(m, 3, 4)
+        return None, grad_transforms.to(ctx.dtype), total[:, 12].to(ctx.dtype), None
+
+
+def trilinear_border(volume: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+    """``grid_sample(volume[None, None], points, "bilinear", "border", align_corners=True)`` for a ``(D, H, W)``
+    array and ``points (N, 3)`` (xyz, model cube): ``(N,)`` in the volume's dtype."""
+    module = training_kernels()
+    points = points.detach().contiguous()
+    out = np.empty(points.shape[0], volume.dtype)
+    with _launch(("trilinear", volume.dtype, points.dtype)) as threads:
+        module.trilinear_border(volume, points.numpy(), _tasks(points.shape[0], threads), out)
+    return torch.from_numpy(out)
+
+
+# ---- what the training loop calls ---------------------------------------------------------------------------
+def fused_training_supported(field) -> bool:
+    """Whether :func:`fused_encode` and :func:`fused_feature_density` can train ``field``: a plain
+    :class:`~srn_core.fields.APMGSRN` with float32 parameters on the CPU, numba usable and ``SRN_FUSED`` not 0."""
+    from ..fields.apmgsrn import APMGSRN  # noqa: PLC0415 - kept out of the kernels' import path
+
+    return (fused_training_enabled() and type(field) is APMGSRN and fused_apmgsrn._cpu_float32(field)
+            and training_kernels() is not None)
+
+
+def fused_encode(field, points: torch.Tensor) -> torch.Tensor:
+    """``field.encode(points)`` through :class:`FusedLookup` (differentiable in the feature grids)."""
+    return FusedLookup.apply(points, field.transforms, field.feature_grids)
+
+
+def fused_feature_density(field, points: torch.Tensor) -> torch.Tensor:
+    """``field.feature_density(points)`` through :class:`FusedDensity` (differentiable in the transforms)."""
+    return FusedDensity.apply(points, field.transforms, field.density_weights(), field.config.density_exponent)
+
+
+def ground_truth_supported(target: torch.Tensor) -> bool:
+    """Whether :func:`trilinear_border` can sample ``target``: a float32 CPU tensor, numba usable, ``SRN_FUSED``
+    not 0."""
+    return (fused_training_enabled() and target.device.type == "cpu" and target.dtype == torch.float32
+            and training_kernels() is not None)
