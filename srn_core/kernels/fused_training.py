@@ -94,7 +94,8 @@ class FusedLookup(torch.autograd.Function):
         pad = module.GRID_PAD
         points = points.detach().contiguous()
         m, c = grids.shape[:2]
-        geometry = fused_apmgsrn.cell_geometry(transforms, grids.shape[-3:], pad, module.GEOMETRY_COLUMNS)
+        geometry = fused_apmgsrn.cell_geometry(transforms, grids.shape[-3:], pad,
+                                               fused_apmgsrn._kernel().GEOMETRY_COLUMNS)
         padded = F.pad(grids.detach(), (pad,) * 6)
         dims = np.array(grids.shape[-3:], np.int64)
         out = torch.empty(points.shape[0], m * c, dtype=grids.dtype)
@@ -115,11 +116,11 @@ class FusedLookup(torch.autograd.Function):
         module = training_kernels()
         pad = module.GRID_PAD
         m, c = ctx.padded_shape[:2]
-        grad_t = grad.t().contiguous()  # one row per grid channel: each task reads its own rows
+        grad = grad.contiguous()
         with _launch(("lookup_backward", grad.dtype)) as threads:
             splits = max(1, math.ceil(threads / m)) if points.shape[0] >= threads else 1
             padded = torch.zeros((splits, *ctx.padded_shape), dtype=grad.dtype)
-            module.lookup_backward(points.numpy(), ctx.geometry.astype(_numpy(points).dtype), grad_t.numpy(), ctx.dims, c, splits,
+            module.lookup_backward(points.numpy(), ctx.geometry.astype(_numpy(points).dtype), grad.numpy(), ctx.dims, c, splits,
                                    padded.view(-1).numpy())
         if splits > 1:
             padded = padded.sum(0, keepdim=True)
@@ -127,40 +128,40 @@ class FusedLookup(torch.autograd.Function):
 
 
 class FusedDensity(torch.autograd.Function):
-    """``sum_g weights[g] * exp(-0.5 * sum_d local_gd ** exponent)`` per point ``(N,)``, ``local = A p + b`` from
-    ``transforms (M, 4, 4)``; gradients to ``transforms`` and ``weights``."""
+    """``sum_g weights[g] * exp(-0.5 * sum_r local_gr ** exponent)`` per point ``(N,)``, ``local = A p + b`` from
+    ``transforms (M, 4, 4)``; gradients to ``transforms`` and ``weights``. The exponents come from the kernel, the
+    exponentials and the weighted sum from torch (vectorised ``exp``, one matrix-vector product)."""
 
     @staticmethod
     def forward(ctx, points: torch.Tensor, transforms: torch.Tensor, weights: torch.Tensor,
                 exponent: int) -> torch.Tensor:
-        module = training_kernels()
+        exponents_kernel, _ = training_kernels().density_kernels(int(exponent))
         points = points.detach().contiguous()
-        affine = np.ascontiguousarray(transforms.detach()[:, :3, :].reshape(-1, 12).double().numpy())
-        w = weights.detach().double().contiguous().numpy()
-        out = torch.empty(points.shape[0], dtype=transforms.dtype)
-        gaussians = np.empty((affine.shape[0], points.shape[0]), _numpy(points).dtype)
-        with _launch(("density", points.dtype)) as threads:
-            module.density_forward(points.numpy(), affine, w, int(exponent), _tasks(points.shape[0], threads),
-                                   gaussians, out.numpy())
-        ctx.save_for_backward(points)
-        ctx.affine, ctx.weights, ctx.exponent, ctx.gaussians = affine, w, int(exponent), gaussians
-        ctx.dtype = transforms.dtype
-        return out
+        dtype = _numpy(points).dtype
+        affine = np.ascontiguousarray(transforms.detach()[:, :3, :].reshape(-1, 12).cpu().numpy(), dtype)
+        gaussians = torch.empty(affine.shape[0], points.shape[0], dtype=points.dtype)
+        with _launch(("density", int(exponent), points.dtype)) as threads:
+            exponents_kernel(points.numpy(), affine, _tasks(points.shape[0], threads), gaussians.numpy())
+        gaussians.exp_()
+        ctx.save_for_backward(points, gaussians, weights.detach())
+        ctx.affine, ctx.exponent = affine, int(exponent)
+        return torch.mv(gaussians.t(), weights.detach().to(points.dtype)).to(transforms.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (points,) = ctx.saved_tensors
-        module = training_kernels()
+        points, gaussians, weights = ctx.saved_tensors
+        _, backward_kernel = training_kernels().density_kernels(ctx.exponent)
         m = ctx.affine.shape[0]
-        with _launch(("density_backward", points.dtype, grad.dtype)) as threads:
+        grad = grad.detach().to(points.dtype).contiguous()
+        with _launch(("density_backward", ctx.exponent, points.dtype)) as threads:
             tasks = _tasks(points.shape[0], threads)
             partial = np.zeros((tasks, m, 13), np.float64)
-            module.density_backward(points.numpy(), ctx.affine, ctx.weights, ctx.exponent, ctx.gaussians,
-                                    grad.detach().contiguous().numpy(), tasks, partial)
+            backward_kernel(points.numpy(), ctx.affine, weights.to(points.dtype).numpy(), gaussians.numpy(),
+                            grad.numpy(), tasks, partial)
         total = torch.from_numpy(partial.sum(axis=0))
         grad_transforms = torch.zeros(m, 4, 4, dtype=torch.float64)
         grad_transforms[:, :3, :] = total[:, :12].reshape(m, 3, 4)
-        return None, grad_transforms.to(ctx.dtype), total[:, 12].to(ctx.dtype), None
+        return None, grad_transforms.to(weights.dtype), total[:, 12].to(weights.dtype), None
 
 
 def trilinear_border(volume: np.ndarray, points: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,12 @@ float64 gradient checks run the same code as float32 training.
 from __future__ import annotations
 
 import math
+import types as pytypes
 
 import numpy as np
 from numba import njit, prange
 
-from .apmgsrn_numba import BLOCK, GEOMETRY_COLUMNS, GRID_PAD, LOW, SPAN, _grid_features  # noqa: F401 (re-exported)
+from .apmgsrn_numba import BLOCK, GRID_PAD, LOW, SPAN, _grid_features
 
 _OPTIONS = dict(parallel=True, boundscheck=False, fastmath={"contract"}, cache=True)
 
@@ -69,15 +70,14 @@ def lookup_forward(points, geometry, grids, grid_dims, n_channels, n_tasks, out)
 
 
 @njit(**_OPTIONS)
-def lookup_backward(points, geometry, grad_t, grid_dims, n_channels, n_splits, grad_grids):
-    """Adds the feature gradient ``grad_t (M * C, N)`` (transposed: one row per grid channel) into
-    ``grad_grids``: ``n_splits`` flat copies of the padded grids (zeroed by the caller; the padding receives what
-    falls outside a grid and is dropped after).
+def lookup_backward(points, geometry, grad, grid_dims, n_channels, n_splits, grad_grids):
+    """Adds the feature gradient ``grad (N, M * C)`` into ``grad_grids``: ``n_splits`` flat copies of the padded
+    grids (zeroed by the caller; the padding receives what falls outside a grid and is dropped after).
 
     A task is one grid and one of ``n_splits`` ranges of points, so no two tasks write the same cells of the same
     copy: no atomics, no locks. With at least as many grids as threads ``n_splits`` is 1; otherwise the caller
-    sums the copies. A block's cell coordinates are computed first (a loop LLVM vectorises), then its corners
-    are scattered, in the forward's clamping and corner order.
+    sums the copies. A block's cell coordinates are computed first, then its corners are scattered, clamped as
+    :func:`_grid_features` clamps them.
     """
     n = points.shape[0]
     m = geometry.shape[0]
@@ -91,36 +91,39 @@ def lookup_backward(points, geometry, grad_t, grid_dims, n_channels, n_splits, g
         split = task // m
         base = (split * m + g) * n_channels * channel
         corner = np.empty(BLOCK, np.int64)
-        weights = np.empty((6, BLOCK), grad_t.dtype)  # per point: x, 1 - x, y, 1 - y, z, 1 - z
+        fx = np.empty(BLOCK, grad.dtype)
+        fy = np.empty(BLOCK, grad.dtype)
+        fz = np.empty(BLOCK, grad.dtype)
         stop = min(n, (split + 1) * per_split)
         for b in range(split * per_split, stop, BLOCK):
             count = min(BLOCK, stop - b)
             for k in range(count):
-                corner[k], tx, ty, tz = _cell(points, b + k, geometry, g, row, plane)
-                weights[0, k], weights[1, k] = tx, 1 - tx
-                weights[2, k], weights[3, k] = ty, 1 - ty
-                weights[4, k], weights[5, k] = tz, 1 - tz
+                corner[k], fx[k], fy[k], fz[k] = _cell(points, b + k, geometry, g, row, plane)
             for c in range(n_channels):
                 first = base + c * channel
-                values = grad_t[g * n_channels + c]
+                column = g * n_channels + c
                 for k in range(count):
-                    tx, ux, ty, uy, tz, uz = (weights[0, k], weights[1, k], weights[2, k], weights[3, k],
-                                              weights[4, k], weights[5, k])
-                    value = values[b + k]
-                    far, near = value * tz, value * uz
+                    value = grad[b + k, column]
+                    tx, ty, tz = fx[k], fy[k], fz[k]
+                    far = value * tz
+                    near = value - far
+                    near_up = near * ty
+                    near_down = near - near_up
+                    far_up = far * ty
+                    far_down = far - far_up
                     j = first + corner[k]
-                    v = near * uy
-                    grad_grids[j] += v * ux
-                    grad_grids[j + 1] += v * tx
-                    v = near * ty
-                    grad_grids[j + row] += v * ux
-                    grad_grids[j + row + 1] += v * tx
-                    v = far * uy
-                    grad_grids[j + plane] += v * ux
-                    grad_grids[j + plane + 1] += v * tx
-                    v = far * ty
-                    grad_grids[j + plane + row] += v * ux
-                    grad_grids[j + plane + row + 1] += v * tx
+                    e = near_down * tx
+                    grad_grids[j] += near_down - e
+                    grad_grids[j + 1] += e
+                    e = near_up * tx
+                    grad_grids[j + row] += near_up - e
+                    grad_grids[j + row + 1] += e
+                    e = far_down * tx
+                    grad_grids[j + plane] += far_down - e
+                    grad_grids[j + plane + 1] += e
+                    e = far_up * tx
+                    grad_grids[j + plane + row] += far_up - e
+                    grad_grids[j + plane + row + 1] += e
 
 
 @njit(inline="always", cache=True)
@@ -174,61 +177,58 @@ def _power(x, n):
     return result
 
 
-@njit(**_OPTIONS)
-def density_forward(points, affine, weights, exponent, n_tasks, gaussians, out):
-    """``out[i] = sum_g weights[g] * gaussians[g, i]`` with ``gaussians[g, i] = exp(-0.5 * sum_r local_r **
-    exponent)``, ``local = A p + b``: the feature density. The Gaussians are kept for :func:`density_backward`
-    (the exponentials are most of the work).
+EXPONENT = None  # set per compiled copy of the density kernels (see density_kernels)
 
-    ``affine (M, 12)``: each grid's transform rows ``[A | b]`` (3x4, row-major); ``weights (M,)``.
-    """
+
+def _density_exponents(points, affine, n_tasks, out):
+    """``out[g, i] = -0.5 * sum_r local_r ** EXPONENT`` with ``local = A p + b`` (``affine (M, 12)``: each grid's
+    rows ``[A | b]``): the exponent of grid ``g``'s flat-top Gaussian at point ``i``. ``EXPONENT`` is a constant of
+    each compiled copy, so the powers unroll and the loop over points vectorises."""
     n = points.shape[0]
     m = affine.shape[0]
     per_task = (n + n_tasks - 1) // n_tasks
     for task in prange(n_tasks):
         stop = min(n, (task + 1) * per_task)
-        for i in range(task * per_task, stop):
-            out[i] = 0
         for g in range(m):
-            a = affine[g]
-            wg = weights[g]
+            a0, a1, a2, a3 = affine[g, 0], affine[g, 1], affine[g, 2], affine[g, 3]
+            a4, a5, a6, a7 = affine[g, 4], affine[g, 5], affine[g, 6], affine[g, 7]
+            a8, a9, a10, a11 = affine[g, 8], affine[g, 9], affine[g, 10], affine[g, 11]
+            row = out[g]
             for i in range(task * per_task, stop):
                 px, py, pz = points[i, 0], points[i, 1], points[i, 2]
-                s = (_power(a[0] * px + a[1] * py + a[2] * pz + a[3], exponent)
-                     + _power(a[4] * px + a[5] * py + a[6] * pz + a[7], exponent)
-                     + _power(a[8] * px + a[9] * py + a[10] * pz + a[11], exponent))
-                f = math.exp(-0.5 * s)
-                gaussians[g, i] = f
-                out[i] += wg * f
+                row[i] = -0.5 * (_power(a0 * px + a1 * py + a2 * pz + a3, EXPONENT)
+                                 + _power(a4 * px + a5 * py + a6 * pz + a7, EXPONENT)
+                                 + _power(a8 * px + a9 * py + a10 * pz + a11, EXPONENT))
 
 
-@njit(**_OPTIONS)
-def density_backward(points, affine, weights, exponent, gaussians, grad_out, n_tasks, partial):
-    """Gradients of ``sum_i grad_out[i] * density[i]`` (:func:`density_forward`, whose ``gaussians`` it reads) per
+def _density_backward(points, affine, weights, gaussians, grad_out, n_tasks, partial):
+    """Gradients of ``sum_i grad_out[i] * density[i]``, ``density[i] = sum_g weights[g] * gaussians[g, i]``, per
     task: ``partial[task, g, :12]`` for the affine rows ``[A | b]``, ``partial[task, g, 12]`` for ``weights[g]``
     (the caller adds the tasks up).
 
-    ``d density / d local_r = weights[g] * f * (-0.5 * exponent) * local_r ** (exponent - 1)``, and
+    ``d density / d local_r = weights[g] * f * (-0.5 * EXPONENT) * local_r ** (EXPONENT - 1)``, and
     ``local = A p + b`` spreads it over the row ``[p, 1]``.
     """
     n = points.shape[0]
     m = affine.shape[0]
     per_task = (n + n_tasks - 1) // n_tasks
     for task in prange(n_tasks):
-        acc = partial[task]
         stop = min(n, (task + 1) * per_task)
         for g in range(m):
-            a = affine[g]
-            scale = weights[g] * (-0.5 * exponent)
+            a0, a1, a2, a3 = affine[g, 0], affine[g, 1], affine[g, 2], affine[g, 3]
+            a4, a5, a6, a7 = affine[g, 4], affine[g, 5], affine[g, 6], affine[g, 7]
+            a8, a9, a10, a11 = affine[g, 8], affine[g, 9], affine[g, 10], affine[g, 11]
+            scale = weights[g] * (-0.5 * EXPONENT)
+            f = gaussians[g]
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = 0.0
             for i in range(task * per_task, stop):
                 px, py, pz = points[i, 0], points[i, 1], points[i, 2]
-                gf = grad_out[i] * gaussians[g, i]
+                gf = grad_out[i] * f[i]
                 s12 += gf
                 common = gf * scale
-                d0 = common * _power(a[0] * px + a[1] * py + a[2] * pz + a[3], exponent - 1)
-                d1 = common * _power(a[4] * px + a[5] * py + a[6] * pz + a[7], exponent - 1)
-                d2 = common * _power(a[8] * px + a[9] * py + a[10] * pz + a[11], exponent - 1)
+                d0 = common * _power(a0 * px + a1 * py + a2 * pz + a3, EXPONENT - 1)
+                d1 = common * _power(a4 * px + a5 * py + a6 * pz + a7, EXPONENT - 1)
+                d2 = common * _power(a8 * px + a9 * py + a10 * pz + a11, EXPONENT - 1)
                 s0 += d0 * px
                 s1 += d0 * py
                 s2 += d0 * pz
@@ -241,8 +241,42 @@ def density_backward(points, affine, weights, exponent, gaussians, grad_out, n_t
                 s9 += d2 * py
                 s10 += d2 * pz
                 s11 += d2
-            for k, value in enumerate((s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12)):
-                acc[g, k] += value
+            acc = partial[task, g]
+            acc[0] += s0
+            acc[1] += s1
+            acc[2] += s2
+            acc[3] += s3
+            acc[4] += s4
+            acc[5] += s5
+            acc[6] += s6
+            acc[7] += s7
+            acc[8] += s8
+            acc[9] += s9
+            acc[10] += s10
+            acc[11] += s11
+            acc[12] += s12
+
+
+_DENSITY_KERNELS: dict[int, tuple] = {}
+
+
+def density_kernels(exponent: int):
+    """``(exponents, backward)``: :func:`_density_exponents` and :func:`_density_backward` compiled for one
+    ``exponent`` (once per exponent and process; numba caches each copy under its own name, like
+    :func:`~srn_core.kernels.apmgsrn_numba.kernel_for_width`). The backward's sums may be reassociated
+    (``fastmath`` "reassoc"), which lets them vectorise."""
+    if exponent not in _DENSITY_KERNELS:
+        if not 1 <= exponent <= 64:
+            raise ValueError(f"the fused density kernel takes exponents from 1 to 64, got {exponent}.")
+        built = []
+        for template, fastmath in ((_density_exponents, {"contract"}), (_density_backward, {"contract", "reassoc"})):
+            name = f"{template.__name__.lstrip('_')}_exponent_{exponent}"
+            function = pytypes.FunctionType(template.__code__.replace(co_name=name),
+                                            dict(globals(), EXPONENT=exponent), name)
+            function.__qualname__, function.__module__, function.__doc__ = name, __name__, template.__doc__
+            built.append(njit(parallel=True, boundscheck=False, fastmath=fastmath, cache=True)(function))
+        _DENSITY_KERNELS[exponent] = tuple(built)
+    return _DENSITY_KERNELS[exponent]
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
