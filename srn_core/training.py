@@ -50,7 +50,7 @@ from .data import Volume
 from .fields import Field, TimeVaryingField, field_for_budget
 from .fields.apmgsrn import APMGSRN, density_kl
 from .kernels.fused_training import (fused_encode, fused_feature_density, fused_training_supported,
-                                     ground_truth_supported, trilinear_border)
+                                     ground_truth_supported, trilinear_border, warm_up)
 from .memory import check_allocation
 from .devices import resolve_device
 from .model import NeuralVolume
@@ -500,6 +500,8 @@ class _TrainState:
         self.fused_field = config.fused and fused_training_supported(field)
         self.fused_targets = [t[0, 0].numpy() for t in self.targets] if (
             config.fused and self.targets and ground_truth_supported(self.targets[0])) else None
+        if self.fused_field or self.fused_targets is not None:
+            warm_up(field.config.density_exponent if self.fused_field else None)
         groups = field.parameter_groups(config.lr)
         main = [g for g in groups if g.get("name") != "transforms"]
         aux = [g for g in groups if g.get("name") == "transforms"]
