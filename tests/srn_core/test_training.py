@@ -89,17 +89,18 @@ def test_fit_seeds_the_initial_weights_alone_and_leaves_the_global_rng_alone():
 
 
 def _signal_inside_step(field, at_steps, signum):
-    """Send ``signum`` to this process from inside the forward pass of the given steps (mid-step)."""
+    """Send ``signum`` to this process from inside the forward pass of the given steps (mid-step, in the decoder,
+    which every training path runs)."""
     calls = {"n": 0}
-    forward = field.normalized
+    forward = field.decode
 
-    def normalized(points):
-        out = forward(points)
+    def decode(feats):
+        out = forward(feats)
         calls["n"] += 1
         if calls["n"] in at_steps:
             os.kill(os.getpid(), signum)  # Python runs the handler at the next bytecode: inside this step
         return out
-    field.normalized = normalized
+    field.decode = decode
     return field
 
 
