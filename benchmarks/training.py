@@ -42,15 +42,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import srn_core  # noqa: E402,F401 - sets OMP_WAIT_POLICY before torch loads
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.volumes import load_volume  # noqa: E402
+# srn_core first: importing it sets OMP_WAIT_POLICY before torch loads.
 from srn_core.data import Volume  # noqa: E402
 from srn_core.fields import APMGSRN, APMGSRNConfig  # noqa: E402
 from srn_core.geometry import ImageGeometry  # noqa: E402
+from srn_core.loading import load_model  # noqa: E402
 from srn_core.training import STEP_PHASES, TrainConfig, train  # noqa: E402
+from benchmarks.volumes import load_volume  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 INIA19 = "/usr/share/mricron/templates/inia19-t1-brain.nii.gz"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -156,7 +157,6 @@ def quality(args) -> list[dict]:
                 start = time.perf_counter()
                 subprocess.run(command, check=True, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - start
-                from srn_core.loading import load_model
                 model = load_model(out)
                 t = model.training
                 rows.append({"comparison": label, "code": "fused" if fused else "reference", "steps": t["steps"],

@@ -18,6 +18,9 @@
   than ``data_memory`` is read whole and trains exactly as its :class:`Volume`; a larger one streams: the value
   range and checksum come from one pass over it, the points from a bounded set of resident bricks
   (:mod:`.streaming`), and the final PSNR from a z-slab by z-slab evaluation.
+* On the CPU an APMGSRN trains on compiled kernels (:mod:`.kernels.fused_training`: ground truth, feature lookups
+  and the feature density with their gradients, fused Adam); ``TrainConfig(fused=False)`` or ``SRN_FUSED=0`` trains
+  on the PyTorch reference path. ``TrainResult.profile`` times each part of the steps (``docs/training.md``).
 * :func:`fit` is the entry point of every front end: it builds the field from a parameter budget with
   seed-only initial weights and the architecture's defaults, then calls :func:`train`.
 * A :class:`~srn_core.series.TimeSeries` trains one time-varying model (:mod:`.fields.time_varying`). Each

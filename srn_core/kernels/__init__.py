@@ -2,6 +2,8 @@
 
 fused_apmgsrn   APMGSRN inference (grid transforms, trilinear lookups, decoder) as one numba kernel
                 (:func:`fused_evaluator`); the PyTorch path of the field stays the reference.
+fused_training  the compiled parts of a training step (feature lookups and their gradient, the feature density
+                and its gradient, ground truth) as autograd functions, used by :mod:`srn_core.training`.
 """
 
 from .fused_apmgsrn import fused_evaluator

@@ -215,16 +215,3 @@ def warm_up(density_exponent: int | None = None) -> None:
         transforms.requires_grad_()
         FusedDensity.apply(points, transforms, torch.ones(1), int(density_exponent)).sum().backward()
 
-
-def warm_up(density_exponent: int | None = None) -> None:
-    """Compile (or load from numba's cache: about a second the first time in a process) the float32 kernels a
-    training step launches, on a few dummy points, so that this happens before training's clock starts rather than
-    inside its first step. ``density_exponent``: also the feature-density kernels of that exponent."""
-    points = torch.zeros(2, 3)
-    trilinear_border(np.zeros((2, 2, 2), np.float32), points)
-    transforms = torch.eye(4)[None]
-    grids = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
-    FusedLookup.apply(points, transforms, grids).sum().backward()
-    if density_exponent is not None:
-        transforms.requires_grad_()
-        FusedDensity.apply(points, transforms, torch.ones(1), int(density_exponent)).sum().backward()
