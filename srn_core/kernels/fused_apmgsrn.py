@@ -328,30 +328,42 @@ def _checked_points(points: torch.Tensor) -> torch.Tensor:
     return points.detach().contiguous()
 
 
-def _run(packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out: np.ndarray) -> None:
-    """One kernel launch over all ``points`` on ``torch.get_num_threads()`` threads."""
+@contextlib.contextmanager
+def numba_threads():
+    """Inside: numba runs on ``torch.get_num_threads()`` threads (at most ``NUMBA_NUM_THREADS``) with dynamic
+    scheduling (chunk size 1, see :data:`CHUNKS_PER_THREAD`), one kernel launch at a time; yields the thread count.
+    Shared by every compiled kernel (inference and :mod:`.fused_training`).
+
+    On leaving, torch's OpenMP thread count is restored: numba's OpenMP threading layer sets it, which torch
+    shares, to ``NUMBA_NUM_THREADS`` on its first launch. Without this, one evaluation would make every later
+    training step in the process (an MPI rank's next brick) run on all cores, oversubscribed and no longer
+    bit-identical to a fresh run.
+    """
     import numba  # noqa: PLC0415 - imported already by _kernel()
 
-    module = _kernel()
     torch_threads = torch.get_num_threads()
     try:
-        _launch(module, packed, points, clamp, out, max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+        with _LOCK:
+            numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+            previous = numba.set_parallel_chunksize(1)
+            try:
+                yield numba.get_num_threads()
+            finally:
+                numba.set_parallel_chunksize(previous)
     finally:
-        # numba's OpenMP threading layer sets the OpenMP thread count, which torch shares, to NUMBA_NUM_THREADS on
-        # its first launch: without this, one evaluation would make every later training step in the process
-        # (an MPI rank's next brick) run on all cores, oversubscribed and no longer bit-identical to a fresh run.
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
 
 
-def _launch(module, packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out: np.ndarray, threads: int) -> None:
-    import numba  # noqa: PLC0415
-
-    n_spans = -(-points.shape[0] // module.SPAN)
-    n_chunks = max(1, min(n_spans, threads * CHUNKS_PER_THREAD))
-    args = (packed.geometry, packed.grids, packed.grid_dims, packed.n_channels, packed.first_t, packed.first_bias,
-            packed.hidden_t, packed.hidden_bias, packed.last, packed.last_bias, packed.low, packed.high, clamp)
-    with _LOCK:
+def _run(packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out: np.ndarray) -> None:
+    """One kernel launch over all ``points`` on ``torch.get_num_threads()`` threads."""
+    module = _kernel()
+    with numba_threads() as threads:
+        n_spans = -(-points.shape[0] // module.SPAN)
+        n_chunks = max(1, min(n_spans, threads * CHUNKS_PER_THREAD))
+        args = (packed.geometry, packed.grids, packed.grid_dims, packed.n_channels, packed.first_t,
+                packed.first_bias, packed.hidden_t, packed.hidden_bias, packed.last, packed.last_bias, packed.low,
+                packed.high, clamp)
         if packed.width not in _COMPILED_WIDTHS:
             # The first call for a width compiles (or loads from numba's cache) with SLP vectorisation on: a
             # one-point call, so that numba's compiler lock is not held for a whole evaluation.
@@ -362,10 +374,4 @@ def _launch(module, packed: PackedAPMGSRN, points: np.ndarray, clamp: bool, out:
             except Exception as exc:  # noqa: BLE001 - a numba typing or LLVM error
                 raise _CompileError from exc
             _COMPILED_WIDTHS.add(packed.width)
-        kernel = module.kernel_for_width(packed.width)
-        numba.set_num_threads(threads)
-        previous = numba.set_parallel_chunksize(1)  # dynamic scheduling (see CHUNKS_PER_THREAD)
-        try:
-            kernel(points, *args, n_chunks, out)
-        finally:
-            numba.set_parallel_chunksize(previous)
+        module.kernel_for_width(packed.width)(points, *args, n_chunks, out)

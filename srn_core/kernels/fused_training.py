@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_apmgsrn
-from .fused_apmgsrn import _LOCK, _signals_held
+from .fused_apmgsrn import _signals_held, numba_threads
 
 TASKS_PER_THREAD = 4
 """Tasks each thread's share of the points is cut into, handed out one at a time (numba's dynamic scheduling):
@@ -54,26 +54,15 @@ def fused_training_enabled() -> bool:
 
 @contextlib.contextmanager
 def _launch(key):
-    """One kernel launch at a time, on ``torch.get_num_threads()`` threads with dynamic scheduling; torch's
-    OpenMP thread count restored after (numba's OpenMP layer resets it on its first launch)."""
-    import numba  # noqa: PLC0415
-
-    torch_threads = torch.get_num_threads()
-    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    with _LOCK:
-        numba.set_num_threads(threads)
-        previous = numba.set_parallel_chunksize(1)
-        try:
-            if key in _COMPILED:
+    """:func:`~.fused_apmgsrn.numba_threads` (threads, scheduling, one launch at a time); the first launch of each
+    ``key`` (a kernel and its dtypes) compiles or loads from numba's cache, with Ctrl-C held until it is done."""
+    with numba_threads() as threads:
+        if key in _COMPILED:
+            yield threads
+        else:
+            with _signals_held():
                 yield threads
-            else:  # the first launch of a kernel and dtype compiles (or loads from the cache): hold signals
-                with _signals_held():
-                    yield threads
-                _COMPILED.add(key)
-        finally:
-            numba.set_parallel_chunksize(previous)
-            if torch.get_num_threads() != torch_threads:
-                torch.set_num_threads(torch_threads)
+            _COMPILED.add(key)
 
 
 def _tasks(n: int, threads: int) -> int:
