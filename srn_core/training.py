@@ -503,8 +503,9 @@ class _TrainState:
         self.fused_field = config.fused and fused_training_supported(field)
         self.fused_targets = [t[0, 0].numpy() for t in self.targets] if (
             config.fused and self.targets and ground_truth_supported(self.targets[0])) else None
-        if self.fused_field or self.fused_targets is not None:
-            warm_up(field.config.density_exponent if self.fused_field else None)
+        if (self.fused_field or self.fused_targets is not None) and not warm_up(
+                field.config.density_exponent if self.fused_field else None):
+            self.fused_field, self.fused_targets = False, None  # the kernels cannot be built here (said once)
         groups = field.parameter_groups(config.lr)
         main = [g for g in groups if g.get("name") != "transforms"]
         aux = [g for g in groups if g.get("name") == "transforms"]

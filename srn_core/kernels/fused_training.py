@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -33,13 +34,15 @@ TASKS_PER_THREAD = 4
 a thread slowed by another process takes fewer (see :data:`fused_apmgsrn.CHUNKS_PER_THREAD`)."""
 
 _MODULE = None
+_BROKEN: BaseException | None = None  # why the kernels cannot be built in this process (see warm_up)
 _COMPILED: set = set()
 
 
 def training_kernels():
     """The compiled training kernels' module, or ``None`` when numba is unusable (said once per process)."""
     global _MODULE
-    if _MODULE is None and fused_apmgsrn._kernel() is not None:  # the inference kernel's import and warning
+    # fused_apmgsrn._kernel() imports numba, or says once that it cannot.
+    if _MODULE is None and _BROKEN is None and fused_apmgsrn._kernel() is not None:
         with _signals_held():
             from . import training_numba  # noqa: PLC0415 - lazy: compiling is for processes that train
 
@@ -191,16 +194,31 @@ def ground_truth_supported(target: torch.Tensor) -> bool:
             and training_kernels() is not None)
 
 
-def warm_up(density_exponent: int | None = None) -> None:
+def warm_up(density_exponent: int | None = None) -> bool:
     """Compile (or load from numba's cache: about a second the first time in a process) the float32 kernels a
     training step launches, on a few dummy points, so that this happens before training's clock starts rather than
-    inside its first step. ``density_exponent``: also the feature-density kernels of that exponent."""
-    points = torch.zeros(2, 3)
-    trilinear_border(np.zeros((2, 2, 2), np.float32), points)
-    transforms = torch.eye(4)[None]
-    grids = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
-    FusedLookup.apply(points, transforms, grids).sum().backward()
-    if density_exponent is not None:
-        transforms.requires_grad_()
-        FusedDensity.apply(points, transforms, torch.ones(1), int(density_exponent)).sum().backward()
+    inside its first step. ``density_exponent``: also the feature-density kernels of that exponent.
 
+    Returns False, having said why once (``RuntimeWarning``), when the kernels cannot be built here: numba fails to
+    compile, or to write its cache (a full disk, a file size limit). :func:`training_kernels` then returns ``None``
+    for the rest of the process, and training runs on the PyTorch path.
+    """
+    global _MODULE, _BROKEN
+    if training_kernels() is None:
+        return False
+    try:
+        points = torch.zeros(2, 3)
+        trilinear_border(np.zeros((2, 2, 2), np.float32), points)
+        transforms = torch.eye(4)[None]
+        grids = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
+        FusedLookup.apply(points, transforms, grids).sum().backward()
+        if density_exponent is not None:
+            transforms.requires_grad_()
+            FusedDensity.apply(points, transforms, torch.ones(1), int(density_exponent)).sum().backward()
+        return True
+    except Exception as exc:  # noqa: BLE001 - a numba typing or LLVM error, an OSError writing numba's cache
+        _MODULE, _BROKEN = None, exc
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        warnings.warn(f"the fused training kernels could not be built here ({type(exc).__name__}: {detail}); "
+                      f"training on the PyTorch path instead (same results, slower).", RuntimeWarning, stacklevel=2)
+        return False

@@ -3,13 +3,19 @@ gradients to 1e-5, float64 gradcheck), and training on them against training on 
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import paraview_env
 from core_samples import analytic_volume
 from srn_core.fields import APMGSRN, APMGSRNConfig
 from srn_core.fields.apmgsrn import density_kl
@@ -173,3 +179,27 @@ def test_warm_up_compiles_without_touching_any_state():
     before = torch.random.get_rng_state()
     fused_training.warm_up(20)
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_kernels_that_cannot_be_cached_fall_back_to_the_reference_path_with_one_warning(tmp_path):
+    # A file size limit (or a full disk) makes numba's cache write fail on the first compile: training goes on
+    # on the PyTorch path and says so, instead of failing (seen under pvpython with RLIMIT_FSIZE).
+    code = textwrap.dedent("""
+        import json, resource, signal, warnings
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+        from core_samples import analytic_volume
+        from srn_core.training import TrainConfig, fit
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = fit(analytic_volume(), "apmgsrn", 5000, TrainConfig(steps=5, batch_size=1024, device="cpu"))
+        print(json.dumps({"steps": result.steps, "psnr": result.psnr,
+                          "warnings": [str(w.message) for w in caught if "training kernels" in str(w.message)]}))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join(
+        [str(paraview_env.REPO), str(paraview_env.REPO / "tests")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["steps"] == 5 and report["psnr"] > 0
+    assert len(report["warnings"]) == 1 and "File too large" in report["warnings"][0], report["warnings"]
