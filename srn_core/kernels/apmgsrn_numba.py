@@ -330,6 +330,24 @@ def _dot(h, i, weights, width):
 
 
 # ---- the kernel ---------------------------------------------------------------------------------
+@njit(inline="always", boundscheck=False)
+def span_features(points, span_start, count, geometry, grids, n_channels, row, plane, channel, px, py, pz, feats):
+    """``feats[g * C + c, i]`` for the ``count`` points from ``span_start``: their coordinates copied into the
+    span buffers ``px, py, pz`` (``SPAN`` long), then grid by grid over the whole span, :data:`BLOCK` points per
+    :func:`_grid_features` call (one grid's cells stay in L1 while ``SPAN`` points read them). The last block may
+    read stale buffer entries past ``count``; it writes only ``feats`` columns below ``SPAN``, which the caller
+    ignores. Shared by the inference kernel and the training forward (:mod:`.training_numba`)."""
+    for i in range(count):
+        px[i] = points[span_start + i, 0]
+        py[i] = points[span_start + i, 1]
+        pz[i] = points[span_start + i, 2]
+    for g in range(geometry.shape[0]):
+        grid = grids[g * n_channels * channel:]
+        for b in range(0, count, BLOCK):
+            _grid_features(px[b:], py[b:], pz[b:], geometry[g], grid, n_channels, row, plane, channel,
+                           feats[:, b:], g * n_channels)
+
+
 WIDTH = TILE_POINTS = VECTOR_LAYERS = None  # set per compiled copy of _evaluate_apmgsrn (see kernel_for_width)
 
 
@@ -342,7 +360,6 @@ def _evaluate_apmgsrn(points, geometry, grids, grid_dims, n_channels, first_t, f
     each compiled copy.
     """
     n = points.shape[0]
-    n_grids = geometry.shape[0]
     n_features = first_t.shape[0]
     d, h, w = grid_dims[0], grid_dims[1], grid_dims[2]
     row = w + 2 * GRID_PAD
@@ -360,16 +377,7 @@ def _evaluate_apmgsrn(points, geometry, grids, grid_dims, n_channels, first_t, f
         h2 = np.empty((BLOCK, WIDTH), np.float32)
         for span_start in range(chunk * per_chunk * SPAN, min(n, (chunk + 1) * per_chunk * SPAN), SPAN):
             m = min(SPAN, n - span_start)
-            for i in range(m):
-                px[i] = points[span_start + i, 0]
-                py[i] = points[span_start + i, 1]
-                pz[i] = points[span_start + i, 2]
-            # Grid by grid over the whole span: one grid's cells stay in L1 while SPAN points read them.
-            for g in range(n_grids):
-                grid = grids[g * n_channels * channel:]
-                for b in range(0, m, BLOCK):
-                    _grid_features(px[b:], py[b:], pz[b:], geometry[g], grid, n_channels, row, plane, channel,
-                                   feats[:, b:], g * n_channels)
+            span_features(points, span_start, m, geometry, grids, n_channels, row, plane, channel, px, py, pz, feats)
             for b in range(0, m, BLOCK):
                 _layer(feats[:, b:b + BLOCK].T, first_t, first_bias, h1, WIDTH, TILE_POINTS, VECTOR_LAYERS)
                 for layer in range(hidden_t.shape[0]):

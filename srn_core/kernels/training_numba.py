@@ -25,7 +25,7 @@ import types as pytypes
 import numpy as np
 from numba import njit, prange
 
-from .apmgsrn_numba import BLOCK, GRID_PAD, LOW, SPAN, _grid_features
+from .apmgsrn_numba import BLOCK, GRID_PAD, LOW, SPAN, span_features
 
 _OPTIONS = dict(parallel=True, boundscheck=False, fastmath={"contract"}, cache=True)
 
@@ -37,7 +37,7 @@ def lookup_forward(points, geometry, grids, grid_dims, n_channels, n_tasks, out)
 
     ``geometry (M, 16)`` and the padded flat ``grids`` are :func:`~srn_core.kernels.fused_apmgsrn.pack`'s (cell
     coordinates of the grids with :data:`GRID_PAD` zero cells around them); the lookups are the inference
-    kernel's SIMD gathers (:func:`_grid_features`), :data:`SPAN` points grid by grid.
+    kernel's SIMD gathers (:func:`~.apmgsrn_numba.span_features`), :data:`SPAN` points grid by grid.
     """
     n = points.shape[0]
     m = geometry.shape[0]
@@ -55,15 +55,8 @@ def lookup_forward(points, geometry, grids, grid_dims, n_channels, n_tasks, out)
         feats = np.empty((n_features, SPAN), np.float32)
         for span_start in range(task * per_task * SPAN, min(n, (task + 1) * per_task * SPAN), SPAN):
             count = min(SPAN, n - span_start)
-            for i in range(count):
-                px[i] = points[span_start + i, 0]
-                py[i] = points[span_start + i, 1]
-                pz[i] = points[span_start + i, 2]
-            for g in range(m):
-                grid = grids[g * n_channels * channel:]
-                for b in range(0, count, BLOCK):
-                    _grid_features(px[b:], py[b:], pz[b:], geometry[g], grid, n_channels, row, plane, channel,
-                                   feats[:, b:], g * n_channels)
+            span_features(points, span_start, count, geometry, grids, n_channels, row, plane, channel, px, py, pz,
+                          feats)
             for i in range(count):
                 for f in range(n_features):
                     out[span_start + i, f] = feats[f, i]
